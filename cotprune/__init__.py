@@ -1,0 +1,3 @@
+"""cotprune: find the chain-of-thought tokens that matter, delete the rest, train on what is left."""
+
+__version__ = "0.1.0"

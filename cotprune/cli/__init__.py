@@ -1,0 +1,50 @@
+"""The `cotprune` command line: options are parsed here, the work happens in the stage modules.
+
+Each command group lives in its own module under `cotprune/cli/` and registers itself on `app`.
+Heavy libraries (torch, transformers) are imported inside commands so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from cotprune.errors import InputError
+
+app = typer.Typer(
+    name="cotprune",
+    help="Find the chain-of-thought tokens that matter, delete the rest, and train models to "
+         "reason with fewer tokens. Stages pass Parquet files.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Registering commands: each module adds its commands to `app` on import.
+from cotprune.cli import chains  # noqa: E402,F401
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: exit 0 on success, 2 on bad usage or input, 1 on a run-time failure."""
+    from cotprune.console import log, setup_logging
+
+    setup_logging()
+    try:
+        app(args=argv, standalone_mode=False)
+    except InputError as e:
+        print(f"cotprune: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("cotprune: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception:
+        log.exception("cotprune: failed")
+        sys.exit(1)
+    sys.exit(0)

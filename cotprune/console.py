@@ -1,0 +1,83 @@
+"""Logs and progress on stderr, the one-line JSON summary on stdout (SPEC "Common options").
+
+On a terminal progress is a rich bar; otherwise (CI, pipes, files) a plain line every few
+seconds, so logs stay readable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+log = logging.getLogger("cotprune")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    if log.handlers:
+        return
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s cotprune: %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+def emit_summary(summary: dict) -> None:
+    """The run's one line of JSON on stdout."""
+    sys.stdout.write(json.dumps(summary, default=float) + "\n")
+    sys.stdout.flush()
+
+
+class Progress:
+    """Counts rows (and tokens) done; a rich bar on a terminal, plain lines elsewhere."""
+
+    def __init__(self, total: int, description: str, *, every_s: float = 10.0):
+        self.total, self.description, self.every_s = total, description, every_s
+        self.done = self.tokens = 0
+        self.start = self._last = time.perf_counter()
+        self._bar = None
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich import progress as rp
+
+            self._bar = rp.Progress(
+                rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
+                rp.TextColumn("{task.fields[rate]}"), rp.TimeRemainingColumn(),
+                console=Console(stderr=True), transient=False)
+            self._task = self._bar.add_task(description, total=total, rate="")
+            self._bar.start()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    def rate_text(self) -> str:
+        s = max(self.seconds, 1e-9)
+        return f"{self.done / s:.2f} rows/s, {self.tokens / s:.0f} tok/s"
+
+    def advance(self, rows: int = 1, tokens: int = 0) -> None:
+        self.done += rows
+        self.tokens += tokens
+        if self._bar is not None:
+            self._bar.update(self._task, advance=rows, rate=self.rate_text())
+        elif time.perf_counter() - self._last >= self.every_s or self.done == self.total:
+            self._last = time.perf_counter()
+            log.info("%s: %d/%d (%s)", self.description, self.done, self.total, self.rate_text())
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,306 @@
+"""Every Parquet read and write of cotprune goes through here.
+
+A stage file is one Parquet file or a directory of part files. Every file carries the JSON run
+manifest under the schema-metadata key `cotprune`. Writes are atomic (temp file + rename), and a
+stage writes its rows through `StageOutput`, which gives `--resume` and `--shard I/N` to every
+command the same way:
+
+    OUT.partial/chunk-000000.parquet ...   rows finished so far (each chunk written atomically)
+    OUT                                    the result, assembled from the chunks at the end
+
+With N shards, OUT is a directory and shard i writes OUT/part-0000i-of-0000N.parquet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from cotprune import __version__
+from cotprune.errors import InputError
+
+MANIFEST_KEY = b"cotprune"
+ORDER_COLUMN = "__cotprune_order"  # hidden column in chunk files: the input row index
+ROW_GROUP_ROWS = 1024
+
+# --- schemas ---------------------------------------------------------------------------------
+
+CHAIN_FIELDS = [
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("question", pa.string()),
+    pa.field("cot", pa.string()),
+    pa.field("answer", pa.string()),
+    pa.field("reference", pa.string()),
+]
+CHAIN_SCHEMA = pa.schema(CHAIN_FIELDS)
+REQUIRED_CHAIN_COLUMNS = ("id", "question", "cot", "answer")
+
+LAYOUT_FIELDS = [
+    pa.field("input_ids", pa.list_(pa.int32())),
+    pa.field("cot_start", pa.int32()),
+    pa.field("cot_end", pa.int32()),
+    pa.field("answer_start", pa.int32()),
+    pa.field("answer_end", pa.int32()),
+]
+
+
+def extend_schema(base: pa.Schema, fields: Iterable[pa.Field]) -> pa.Schema:
+    """`base` with `fields` appended; a field of the same name replaces the old one in place.
+
+    This is how unknown columns pass through a stage unchanged.
+    """
+    fields = list(fields)
+    new_names = {f.name for f in fields}
+    out = [f if f.name not in new_names else next(g for g in fields if g.name == f.name)
+           for f in base]
+    out += [f for f in fields if f.name not in base.names]
+    return pa.schema(out)
+
+
+# --- manifest --------------------------------------------------------------------------------
+
+def make_manifest(command: str, **fields: object) -> dict:
+    """The run manifest: version, command line, time, plus whatever the stage adds (model...)."""
+    return {
+        "cotprune_version": __version__,
+        "command": command,
+        "argv": sys.argv,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **fields,
+    }
+
+
+def with_manifest(schema: pa.Schema, manifest: dict) -> pa.Schema:
+    meta = dict(schema.metadata or {})
+    meta[MANIFEST_KEY] = json.dumps(manifest).encode()
+    return schema.with_metadata(meta)
+
+
+def read_manifest(path: str | Path) -> dict | None:
+    files = list_parquet_files(path)
+    meta = pq.read_schema(files[0]).metadata or {}
+    raw = meta.get(MANIFEST_KEY)
+    return json.loads(raw) if raw else None
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+def list_parquet_files(path: str | Path) -> list[Path]:
+    """The file itself, or the sorted part files of a directory (hidden entries skipped)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
+        if not files:
+            raise InputError("directory holds no .parquet part files", file=str(path))
+        return files
+    if not path.exists():
+        raise InputError("no such file", file=str(path))
+    return [path]
+
+
+def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """Read a stage file (or part directory) whole; anything that is not Parquet is an InputError."""
+    tables = []
+    for f in list_parquet_files(path):
+        try:
+            tables.append(pq.read_table(f, columns=columns))
+        except (pa.ArrowInvalid, OSError) as e:
+            raise InputError(f"not a readable Parquet file ({e})", file=str(f)) from None
+    if len(tables) == 1:
+        return tables[0]
+    try:
+        return pa.concat_tables(tables, promote_options="default")
+    except pa.ArrowInvalid as e:
+        raise InputError(f"part files have different schemas ({e})", file=str(path)) from None
+
+
+def require_columns(table: pa.Table, columns: Iterable[str], file: str) -> None:
+    for c in columns:
+        if c not in table.column_names:
+            raise InputError("missing column", file=file, column=c)
+
+
+def validate_chains(table: pa.Table, file: str, *, need: Iterable[str] = REQUIRED_CHAIN_COLUMNS,
+                    unique_ids: bool = True) -> None:
+    """Chains must have the needed columns as non-null strings and unique ids."""
+    need = list(need)
+    require_columns(table, need, file)
+    ids = table.column("id").to_pylist()
+    for column in need:
+        values = table.column(column).to_pylist()
+        for i, v in enumerate(values):
+            row = ids[i] if ids[i] is not None else f"#{i}"
+            if v is None:
+                raise InputError("null value", file=file, row=row, column=column)
+            if not isinstance(v, str):
+                raise InputError(f"expected a string, got {type(v).__name__}", file=file,
+                                 row=row, column=column)
+    if unique_ids:
+        seen: set[str] = set()
+        for i, v in enumerate(ids):
+            if v in seen:
+                raise InputError("duplicate id", file=file, row=f"{v} (#{i})", column="id")
+            seen.add(v)
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+def _temp_path_beside(target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def write_table(table: pa.Table, path: str | Path, manifest: dict | None = None) -> None:
+    """Write `table` to `path` atomically: the target never holds a partial file."""
+    target = Path(path)
+    if manifest is not None:
+        table = table.replace_schema_metadata(with_manifest(table.schema, manifest).metadata)
+    tmp = _temp_path_beside(target)
+    try:
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class StreamingWriter:
+    """Write row groups one at a time (for files larger than memory), renamed into place on close.
+
+    Used as a context manager; an exception inside the block removes the temp file, so the
+    target is left as it was.
+    """
+
+    def __init__(self, path: str | Path, schema: pa.Schema, manifest: dict | None = None):
+        self.target = Path(path)
+        self.schema = with_manifest(schema, manifest) if manifest is not None else schema
+        self.tmp = _temp_path_beside(self.target)
+        self._writer = pq.ParquetWriter(self.tmp, self.schema)
+        self.rows = 0
+
+    def write(self, table: pa.Table | list[dict]) -> None:
+        if isinstance(table, list):
+            table = pa.Table.from_pylist(table, schema=self.schema)
+        else:
+            table = table.select(self.schema.names).cast(self.schema)
+        self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        self.rows += table.num_rows
+
+    def __enter__(self) -> StreamingWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._writer.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.target)
+        self.tmp.unlink(missing_ok=True)
+
+
+# --- shards and resumable stage output -------------------------------------------------------
+
+@dataclass(frozen=True)
+class Shard:
+    index: int = 0
+    count: int = 1
+
+    @staticmethod
+    def parse(spec: str | None) -> Shard:
+        """`--shard I/N`, else RANK/WORLD_SIZE from torchrun or accelerate, else 0/1."""
+        if spec:
+            try:
+                i, n = (int(x) for x in spec.split("/"))
+            except ValueError:
+                raise InputError(f"--shard expects I/N, got {spec!r}") from None
+        else:
+            i = int(os.environ.get("RANK", 0))
+            n = int(os.environ.get("WORLD_SIZE", 1))
+        if n < 1 or not 0 <= i < n:
+            raise InputError(f"shard {i}/{n} is out of range (need 0 <= I < N)")
+        return Shard(i, n)
+
+    def rows(self, n_rows: int) -> range:
+        """This shard's contiguous block of rows, so part files concatenate in input order."""
+        per, extra = divmod(n_rows, self.count)
+        start = self.index * per + min(self.index, extra)
+        return range(start, start + per + (1 if self.index < extra else 0))
+
+
+class StageOutput:
+    """Resumable, shardable, atomic output of one stage.
+
+    Rows are written in chunks as they finish (each chunk atomically) into a `.partial`
+    directory; `finish()` assembles them in input order into the target and removes the
+    directory. With `resume=True`, ids already in the chunks are reported by `done_ids` and
+    the caller skips them; without it, a leftover `.partial` directory is an error rather than
+    silently thrown away.
+    """
+
+    def __init__(self, out: str | Path, schema: pa.Schema, manifest: dict, *,
+                 shard: Shard = Shard(), resume: bool = False):
+        out = Path(out)
+        if shard.count == 1:
+            self.target = out
+            self.partial = out.with_name(out.name + ".partial")
+        else:
+            self.target = out / f"part-{shard.index:05d}-of-{shard.count:05d}.parquet"
+            self.partial = out / f".part-{shard.index:05d}.partial"
+        self.schema = schema
+        self.manifest = manifest
+        self._chunk_schema = schema.append(pa.field(ORDER_COLUMN, pa.int64()))
+        if self.partial.exists() and not resume:
+            raise InputError(f"{self.partial} holds rows of an interrupted run: pass --resume to "
+                             "continue it, or delete it to start again", file=str(out))
+        self.partial.mkdir(parents=True, exist_ok=True)
+        self._chunks = sorted(self.partial.glob("chunk-*.parquet"))
+
+    @property
+    def done_ids(self) -> set[str]:
+        done: set[str] = set()
+        for f in self._chunks:
+            done.update(pq.read_table(f, columns=["id"]).column("id").to_pylist())
+        return done
+
+    def state_path(self, name: str) -> Path:
+        """A file in the partial directory where a stage can keep mid-row state (e.g. greedy)."""
+        return self.partial / name
+
+    def write(self, rows: list[dict], order: list[int]) -> None:
+        """Append finished rows; `order[k]` is the input row index of `rows[k]`."""
+        if not rows:
+            return
+        table = pa.Table.from_pylist(
+            [{**r, ORDER_COLUMN: o} for r, o in zip(rows, order, strict=True)],
+            schema=self._chunk_schema)
+        chunk = self.partial / f"chunk-{len(self._chunks):06d}.parquet"
+        write_table(table, chunk)
+        self._chunks.append(chunk)
+
+    def finish(self) -> int:
+        """Assemble the chunks in input order into the target; return the row count."""
+        if self._chunks:
+            table = pa.concat_tables(pq.read_table(f) for f in self._chunks)
+            table = table.take(pc.sort_indices(
+                table, sort_keys=[(ORDER_COLUMN, "ascending")]))  # stable: sub-order kept
+            table = table.drop_columns([ORDER_COLUMN])
+        else:
+            table = self.schema.empty_table()
+        write_table(table.cast(self.schema), self.target, self.manifest)
+        shutil.rmtree(self.partial, ignore_errors=True)
+        return table.num_rows
+
+
+def iter_rows(table: pa.Table) -> Iterator[dict]:
+    for batch in table.to_batches():
+        yield from batch.to_pylist()
