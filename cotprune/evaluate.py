@@ -1,0 +1,146 @@
+"""`cotprune eval`: answer a benchmark's questions (greedy by default) and grade the answers.
+
+Per row: the input columns, plus `response`, `prediction` (the stated answer, null when none),
+`correct`, `generated_tokens` and `truncated`. The summary gives accuracy and mean generated
+tokens over all rows and split by truncation; that pair is the accuracy-vs-length point a pruned
+student is judged by.
+
+`--adapter` takes a `distill` output directory as it is (a peft adapter with its tokenizer);
+`--keep-ratio R` writes the ratio into each prompt exactly as `distill --ratio-conditioned`
+did in training (`generation.ratio_question`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from cotprune.console import Progress, log
+from cotprune.errors import InputError
+from cotprune.files import (
+    Shard,
+    StageOutput,
+    extend_schema,
+    make_manifest,
+    read_table,
+    validate_chains,
+)
+from cotprune.generate import generate_in_batches
+from cotprune.generation import SamplingOptions, ratio_question, response_answer
+from cotprune.grading import is_correct
+from cotprune.layout import ANSWER_PREFIX
+from cotprune.models import ModelOptions
+
+EVAL_FIELDS = [
+    pa.field("response", pa.string()),
+    pa.field("prediction", pa.string()),
+    pa.field("correct", pa.bool_()),
+    pa.field("generated_tokens", pa.int32()),
+    pa.field("truncated", pa.bool_()),
+]
+
+
+@dataclass
+class EvalOptions:
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    keep_ratio: float | None = None
+    answer_marker: str = ANSWER_PREFIX
+    batch_tokens: int = 16384
+    limit: int | None = None
+    resume: bool = False
+    shard: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.keep_ratio is not None and not 0 < self.keep_ratio <= 1:
+            raise InputError("--keep-ratio must be in (0, 1]")
+        if self.sampling.samples != 1:
+            raise InputError("eval draws one response per question (--samples 1)")
+
+
+def reference_column(table: pa.Table) -> str:
+    """`reference`, or `answer` for chain files without one."""
+    if "reference" in table.column_names:
+        return "reference"
+    if "answer" in table.column_names:
+        log.info("eval: no 'reference' column, grading against 'answer'")
+        return "answer"
+    raise InputError("missing column (eval grades against 'reference')", column="reference")
+
+
+def summarise(correct: list[bool], tokens: list[int], truncated: list[bool]) -> dict:
+    """n, accuracy and mean generated tokens, overall and split by truncation."""
+    def part(mask: list[bool]) -> dict:
+        c = [x for x, m in zip(correct, mask, strict=True) if m]
+        t = [x for x, m in zip(tokens, mask, strict=True) if m]
+        return {"n": len(c), "accuracy": sum(c) / len(c) if c else None,
+                "mean_generated_tokens": sum(t) / len(t) if t else None}
+
+    overall = part([True] * len(correct))
+    return {**overall, "truncated": part(truncated),
+            "complete": part([not x for x in truncated])}
+
+
+def check_adapter_dir(adapter: str | None, keep_ratio: float | None) -> None:
+    """A distill output directory: an adapter is required; warn when ratios do not match."""
+    if adapter is None:
+        return
+    path = Path(adapter)
+    if (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+        raise InputError("this directory holds a fully fine-tuned model: pass it as --model",
+                         file=adapter)
+    meta = path / "distill.json"
+    if meta.exists():
+        conditioned = json.loads(meta.read_text()).get("ratio_conditioned", False)
+        if conditioned and keep_ratio is None:
+            log.warning("eval: %s was trained ratio-conditioned; pass --keep-ratio R", adapter)
+        if not conditioned and keep_ratio is not None:
+            log.warning("eval: %s was not trained ratio-conditioned; --keep-ratio only "
+                        "changes its prompt", adapter)
+
+
+def run_eval(bench: Path, output: Path, model_opts: ModelOptions, opts: EvalOptions) -> dict:
+    """The `eval` stage; returns its summary (computed from the whole output, resumed or not)."""
+    from cotprune.models import load_model
+
+    check_adapter_dir(model_opts.adapter, opts.keep_ratio)
+    table = read_table(bench)
+    ref_col = reference_column(table)
+    validate_chains(table, str(bench), need=["id", "question", ref_col])
+    if opts.limit is not None:
+        table = table.slice(0, opts.limit)
+    shard = Shard.parse(opts.shard)
+    span = shard.rows(table.num_rows)
+    rows = table.slice(span.start, len(span)).to_pylist()
+    schema = extend_schema(table.schema, EVAL_FIELDS)
+    manifest = make_manifest("eval", model=model_opts.model, adapter=model_opts.adapter,
+                             dtype=model_opts.dtype, keep_ratio=opts.keep_ratio,
+                             max_new_tokens=opts.sampling.max_new_tokens,
+                             temperature=opts.sampling.temperature, seed=opts.sampling.seed)
+    stage = StageOutput(output, schema, manifest, shard=shard, resume=opts.resume)
+    done = stage.done_ids
+    model, tokenizer = load_model(model_opts)
+    questions = [ratio_question(r["question"], opts.keep_ratio) for r in rows]
+    with Progress(len(rows), "eval") as progress:
+        progress.advance(len(done))
+        for batch, responses in generate_in_batches(
+                model, tokenizer, questions, opts.sampling, opts.batch_tokens,
+                skip_batch=lambda b: any(rows[i]["id"] in done for i in b)):
+            out = []
+            for i, (resp,) in zip(batch, responses, strict=True):
+                prediction = response_answer(resp.text, opts.answer_marker)
+                out.append({**rows[i], "response": resp.text, "prediction": prediction,
+                            "correct": is_correct(prediction, rows[i][ref_col]),
+                            "generated_tokens": resp.generated_tokens,
+                            "truncated": resp.truncated})
+            stage.write(out, [span[i] for i in batch])
+            progress.advance(len(batch), sum(g[0].generated_tokens for g in responses))
+    stage.finish()
+    result = read_table(stage.target, columns=["correct", "generated_tokens", "truncated"])
+    summary = summarise(result.column("correct").to_pylist(),
+                        result.column("generated_tokens").to_pylist(),
+                        result.column("truncated").to_pylist())
+    return {"command": "eval", **summary, "keep_ratio": opts.keep_ratio,
+            "output": str(stage.target)}
