@@ -24,6 +24,7 @@ app = typer.Typer(
 
 # Registering commands: each module adds its commands to `app` on import.
 from cotprune.cli import chains  # noqa: E402,F401
+from cotprune.cli import score  # noqa: E402,F401
 from cotprune.cli import generate  # noqa: E402,F401
 
 
