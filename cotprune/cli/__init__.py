@@ -26,6 +26,9 @@ app = typer.Typer(
 from cotprune.cli import chains  # noqa: E402,F401
 from cotprune.cli import score  # noqa: E402,F401
 from cotprune.cli import generate  # noqa: E402,F401
+from cotprune.cli import prune  # noqa: E402,F401
+from cotprune.cli import report  # noqa: E402,F401
+from cotprune.cli import rl  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

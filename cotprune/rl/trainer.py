@@ -1,0 +1,405 @@
+"""The `cotprune rl` loop: sample, grade, reward, advantage, select tokens, update; repeat.
+
+Step s uses prompts (s P + j) mod N, j < P, and each prompt's G responses are slots of the
+step; under torchrun/accelerate (RANK, WORLD_SIZE) process r takes slots r, r + W, ...  Per-slot
+facts (correct, length, truncated, significance counts) are summed across processes, so every
+process computes the same group rewards and advantages over whole groups. Generation and token
+selection are seeded per (step, process), so a run resumed from a checkpoint draws the same
+samples as one that was never interrupted.
+
+OUTDIR holds metrics.jsonl (one line per step), manifest.json, checkpoint/ (the latest
+resumable state) and model/ (the final adapter or model, with its tokenizer).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from cotprune.console import log
+from cotprune.errors import InputError
+from cotprune.files import make_manifest, read_table, validate_chains
+from cotprune.models import ModelOptions
+from cotprune.rl import rewards as R
+from cotprune.rl.rollout import (Rollout, check_significance, grade, sample_responses,
+                                 surprisal_counts)
+from cotprune.rl.update import (PolicyPair, Sample, UpdateConfig, batched_logprobs, global_sum,
+                                policy_update)
+
+REWARDS = ("accuracy", "length", "bingo")
+
+
+@dataclass
+class RLOptions:
+    """Everything `cotprune rl` takes besides the model and the update; validation names flags."""
+
+    prompts: str
+    output: str
+    reward: str = "accuracy"
+    alpha: float = 0.1
+    significance: str = "surprisal"
+    tau: float = 0.5
+    advantage: str = "grpo"
+    max_steps: int = 10
+    prompts_per_step: int = 4
+    num_generations: int = 4
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    overlong_buffer: int = 0
+    lr: float | None = None
+    full: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    generation_batch: int = 64
+    save_every: int = 10
+    seed: int = 0
+    limit: int | None = None
+    resume: bool = False
+    bingo: dict = field(default_factory=lambda: {"lambda_c": 5.0, "lambda_wn": 2.0,
+                                                  "lambda_we": 5.0})
+
+    def __post_init__(self) -> None:
+        if self.reward not in REWARDS:
+            raise InputError(f"--reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
+        if self.advantage not in R.ADVANTAGES:
+            raise InputError(f"--advantage must be one of {', '.join(R.ADVANTAGES)}")
+        if self.reward == "bingo":
+            check_significance(self.significance)
+        for flag, value, low in [("--max-steps", self.max_steps, 1),
+                                 ("--prompts-per-step", self.prompts_per_step, 1),
+                                 ("--num-generations", self.num_generations, 1),
+                                 ("--max-new-tokens", self.max_new_tokens, 1),
+                                 ("--overlong-buffer", self.overlong_buffer, 0),
+                                 ("--save-every", self.save_every, 0)]:
+            if value < low:
+                raise InputError(f"{flag} must be at least {low}")
+        if self.overlong_buffer >= self.max_new_tokens:
+            raise InputError("--overlong-buffer must be smaller than --max-new-tokens")
+        if self.advantage == "rloo" and self.num_generations < 2:
+            raise InputError("--advantage rloo needs --num-generations of at least 2")
+
+
+# --- set-up ------------------------------------------------------------------------------------
+
+def init_distributed():
+    """(rank, world) from RANK/WORLD_SIZE; initialise torch.distributed for W > 1."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return rank, world
+
+
+def load_prompts(opts: RLOptions) -> list[dict]:
+    table = read_table(opts.prompts)
+    validate_chains(table, opts.prompts, need=("id", "question", "reference"))
+    rows = table.select(["id", "question", "reference"]).to_pylist()
+    rows = rows[:opts.limit] if opts.limit else rows
+    if not rows:
+        raise InputError("no prompts", file=opts.prompts)
+    return rows
+
+
+def build_policy(model_opts: ModelOptions, opts: RLOptions, rank: int, world: int):
+    """(PolicyPair, tokenizer): LoRA on the initial policy by default, full fine-tuning with --full."""
+    import copy
+
+    from cotprune.models import attach_adapter, load_model
+
+    if world > 1 and torch.cuda.is_available() and model_opts.device == "auto":
+        model_opts = ModelOptions(**{**asdict(model_opts),
+                                     "device": f"cuda:{os.environ.get('LOCAL_RANK', rank)}"})
+    base_opts = ModelOptions(**{**asdict(model_opts), "adapter": None})
+    model, tokenizer = load_model(base_opts, for_training=True)
+    if model_opts.adapter:  # the adapter is part of the initial policy
+        model = attach_adapter(model, model_opts.adapter).merge_and_unload()
+    if opts.full:
+        frozen = copy.deepcopy(model).eval().requires_grad_(False)
+        model.train()
+        return PolicyPair(model, frozen), tokenizer
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=0.0,
+                     target_modules="all-linear", task_type="CAUSAL_LM")
+    torch.manual_seed(opts.seed)
+    policy = get_peft_model(model, cfg)
+    policy.train()
+    return PolicyPair(policy), tokenizer
+
+
+def peak_memory_mb(device) -> float:
+    """Peak GPU memory allocated on CUDA, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- one step ----------------------------------------------------------------------------------
+
+class Trainer:
+    def __init__(self, opts: RLOptions, model_opts: ModelOptions, cfg: UpdateConfig):
+        from cotprune.generation import stop_token_ids
+        from cotprune.layout import ChainLayout
+
+        cfg.max_new_tokens, cfg.temperature = opts.max_new_tokens, opts.temperature
+        self.opts, self.model_opts, self.cfg = opts, model_opts, cfg
+        self.rank, self.world = init_distributed()
+        self.prompts = load_prompts(opts)
+        self.out = Path(opts.output)
+        self.check_output()
+        self.pair, self.tokenizer = build_policy(model_opts, opts, self.rank, self.world)
+        self.device = next(self.pair.policy.parameters()).device
+        layout = ChainLayout(self.tokenizer)
+        self.prompt_ids = [layout.prompt_ids(p["question"]) for p in self.prompts]
+        self.stop_ids = stop_token_ids(self.tokenizer, layout)
+        params = [p for p in self.pair.policy.parameters() if p.requires_grad]
+        lr = opts.lr if opts.lr is not None else (1e-5 if opts.full else 1e-4)
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        self.schedule = R.BingoSchedule(lambda_we=opts.bingo["lambda_we"])
+        self.ref_counts: dict[int, tuple[int, int]] = {}
+        self.step = 0
+
+    def check_output(self) -> None:
+        metrics = self.out / "metrics.jsonl"
+        if metrics.exists() and not self.opts.resume:
+            raise InputError("output directory holds a run: pass --resume to continue it, or "
+                             "choose another -o", file=str(self.out))
+
+    # per-slot facts, summed over processes so every process sees whole groups
+    def gather_slots(self, rollouts: list[Rollout], extra: dict[int, tuple[float, float]]):
+        n = self.opts.prompts_per_step * self.opts.num_generations
+        facts = torch.zeros((n, 5), dtype=torch.float64, device=self.device)
+        for r in rollouts:
+            low, high = extra.get(r.slot, (0, 0))
+            facts[r.slot] = torch.tensor([r.correct, r.length, r.truncated, low, high],
+                                         dtype=torch.float64)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(facts)
+        return facts.cpu()
+
+    def reference_counts(self, indices: list[int]) -> None:
+        """Bingo: significance counts of one greedy response of the frozen initial policy per
+        prompt index (cached by prompt index, so it never depends on batch position)."""
+        missing = sorted({i for i in indices if i not in self.ref_counts})
+        if not missing:
+            return
+        mine = missing[self.rank::self.world]
+        counts = torch.zeros((len(missing), 2), dtype=torch.float64, device=self.device)
+        with self.pair.reference() as ref:
+            outs = sample_responses(ref, self.tokenizer, [self.prompt_ids[i] for i in mine],
+                                    max_new_tokens=self.opts.max_new_tokens, temperature=1.0,
+                                    stop_ids=self.stop_ids, batch_size=self.opts.generation_batch,
+                                    greedy=True)
+            lps, _ = batched_logprobs(ref, [self.prompt_ids[i] for i in mine],
+                                      [o[0] for o in outs], batch_tokens=self.cfg.batch_tokens)
+        for i, c in zip(mine, surprisal_counts(lps, self.opts.tau)):
+            counts[missing.index(i)] = torch.tensor(c, dtype=torch.float64)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(counts)
+        for k, i in enumerate(missing):
+            self.ref_counts[i] = (int(counts[k, 0]), int(counts[k, 1]))
+
+    def rollouts(self, indices: list[int]) -> list[Rollout]:
+        g = self.opts.num_generations
+        slots = list(range(len(indices) * g))[self.rank::self.world]
+        torch.manual_seed(self.opts.seed * 1_000_003 + self.step * 101 + self.rank)
+        prompts = [self.prompt_ids[indices[s // g]] for s in slots]
+        outs = sample_responses(self.pair.policy, self.tokenizer, prompts,
+                                max_new_tokens=self.opts.max_new_tokens,
+                                temperature=self.opts.temperature, stop_ids=self.stop_ids,
+                                batch_size=self.opts.generation_batch)
+        result = []
+        for s, prompt, (ids, truncated) in zip(slots, prompts, outs):
+            pi = indices[s // g]
+            text, correct = grade(self.tokenizer, ids, self.prompts[pi]["reference"])
+            result.append(Rollout(pi, s, prompt, ids, text, truncated, correct))
+        return result
+
+    def rewards(self, facts: torch.Tensor, indices: list[int]) -> torch.Tensor:
+        """[P, G] rewards from the gathered slot facts."""
+        g, o = self.opts.num_generations, self.opts
+        correct = facts[:, 0].bool().tolist()
+        lengths = facts[:, 1].long().tolist()
+        truncated = facts[:, 2].bool().tolist()
+        out = []
+        for p, pi in enumerate(indices):
+            sl = slice(p * g, (p + 1) * g)
+            if o.reward == "accuracy":
+                group = R.accuracy_reward(correct[sl])
+            elif o.reward == "length":
+                group = R.length_penalty(correct[sl], lengths[sl], o.alpha, truncated[sl])
+            else:
+                low_ref, high_ref = self.ref_counts[pi]
+                group = [R.bingo_reward(c, float(lo), float(hi), low_ref, high_ref,
+                                        self.schedule.w, **o.bingo)
+                         for c, lo, hi in zip(correct[sl], facts[sl, 3].tolist(),
+                                              facts[sl, 4].tolist())]
+            group = [r + R.overlong_penalty(n, o.max_new_tokens, o.overlong_buffer)
+                     for r, n in zip(group, lengths[sl])]
+            out.append(group)
+        return torch.tensor(out, dtype=torch.float64)
+
+    def run_step(self) -> dict:
+        o = self.opts
+        t0 = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        n = len(self.prompts)
+        indices = [(self.step * o.prompts_per_step + j) % n for j in range(o.prompts_per_step)]
+        if o.reward == "bingo":
+            self.reference_counts(indices)
+        rollouts = self.rollouts(indices)
+        extra = {}
+        if o.reward == "bingo":
+            lps, _ = batched_logprobs(self.pair.policy, [r.prompt_ids for r in rollouts],
+                                      [r.response_ids for r in rollouts],
+                                      batch_tokens=self.cfg.batch_tokens)
+            extra = {r.slot: c for r, c in zip(rollouts, surprisal_counts(lps, o.tau))}
+        facts = self.gather_slots(rollouts, extra)
+        rewards = self.rewards(facts, indices)
+        adv = R.group_advantages(rewards, o.advantage).reshape(-1)
+        t_gen = time.perf_counter()
+        samples = [Sample(r.prompt_ids, r.response_ids, float(adv[r.slot])) for r in rollouts
+                   if r.response_ids]
+        gen = torch.Generator().manual_seed(o.seed * 7919 + self.step * 31 + self.rank)
+        stats = policy_update(self.pair, self.optimizer, samples, self.cfg, gen)
+        t_end = time.perf_counter()
+        reward_mean = float(rewards.mean())
+        w = self.schedule.w
+        if o.reward == "bingo":
+            self.schedule.update(reward_mean)
+        return {
+            "step": self.step + 1,
+            "reward_mean": reward_mean,
+            "accuracy": float(facts[:, 0].mean()),
+            "mean_length": float(facts[:, 1].mean()),
+            "truncated_frac": float(facts[:, 2].mean()),
+            "tokens_trained": stats["tokens_trained"],
+            "forward_tokens": stats["forward_tokens"],
+            "response_tokens": float(facts[:, 1].sum()),
+            "objective": stats["objective"],
+            "step_time_s": t_end - t0,
+            "generation_time_s": t_gen - t0,
+            "train_time_s": t_end - t_gen,
+            "peak_memory_mb": global_max(peak_memory_mb(self.device), self.device),
+            **({"bingo_w": w} if o.reward == "bingo" else {}),
+        }
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def trainable_state(self) -> dict:
+        return {n: p.detach().cpu() for n, p in self.pair.policy.named_parameters()
+                if p.requires_grad}
+
+    def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        target = self.out / "checkpoint"
+        tmp = self.out / ".checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save({"step": self.step, "params": self.trainable_state(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "schedule": self.schedule.state_dict(),
+                    "ref_counts": self.ref_counts}, tmp / "state.pt")
+        old = self.out / ".checkpoint.old"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def load_checkpoint(self) -> None:
+        path = self.out / "checkpoint" / "state.pt"
+        if not path.exists():
+            return
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        named = dict(self.pair.policy.named_parameters())
+        with torch.no_grad():
+            for n, v in state["params"].items():
+                named[n].copy_(v)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.ref_counts = {int(k): tuple(v) for k, v in state["ref_counts"].items()}
+        self.step = int(state["step"])
+        log.info("resuming from step %d", self.step)
+
+    def trim_metrics(self) -> None:
+        """Drop metric lines of steps after the checkpoint (they will be redone)."""
+        path = self.out / "metrics.jsonl"
+        if self.rank != 0 or not path.exists():
+            return
+        keep = [ln for ln in path.read_text().splitlines()
+                if ln.strip() and json.loads(ln)["step"] <= self.step]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+    def save_final(self, manifest: dict) -> None:
+        if self.rank != 0:
+            return
+        target, tmp = self.out / "model", self.out / ".model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.pair.policy.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        (self.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def train(self) -> dict:
+        o = self.opts
+        self.out.mkdir(parents=True, exist_ok=True)
+        if o.resume:
+            self.load_checkpoint()
+            self.trim_metrics()
+        manifest = make_manifest("rl", model=self.model_opts.model, options=asdict(o),
+                                 update=asdict(self.cfg), world_size=self.world,
+                                 dtype=str(next(self.pair.policy.parameters()).dtype),
+                                 peak_memory="cuda max allocated" if self.device.type == "cuda"
+                                 else "process max RSS")
+        last = {}
+        while self.step < o.max_steps:
+            last = self.run_step()
+            self.step += 1
+            if self.rank == 0:
+                with open(self.out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(last) + "\n")
+                log.info("step %d: reward %.3f acc %.2f len %.1f trained %d tok, %.1fs",
+                         last["step"], last["reward_mean"], last["accuracy"],
+                         last["mean_length"], last["tokens_trained"], last["step_time_s"])
+            if o.save_every and self.step % o.save_every == 0 and self.step < o.max_steps:
+                self.save_checkpoint()
+        self.save_checkpoint()  # also at the end: --resume with a larger --max-steps goes on
+        self.save_final(manifest)
+        return {"command": "rl", "steps": self.step, "output": str(self.out),
+                **{k: last[k] for k in ("reward_mean", "accuracy", "mean_length")
+                   if k in last}}
+
+
+def global_max(value: float, device) -> float:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def run_rl(opts: RLOptions, model_opts: ModelOptions, cfg: UpdateConfig) -> dict:
+    """Validate everything, then train; returns the summary."""
+    return Trainer(opts, model_opts, cfg).train()
+
