@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -76,7 +76,7 @@ def eval_cmd(
     output: Output,
     model: Model = DEFAULT_MODEL,
     adapter: Adapter = None,
-    keep_ratio: Annotated[Optional[float], typer.Option(
+    keep_ratio: Annotated[float | None, typer.Option(
         "--keep-ratio", help="Ask a ratio-conditioned student for this keep ratio.")] = None,
     max_new_tokens: MaxNewTokens = 512,
     temperature: Temperature = 0.0,
@@ -102,3 +102,62 @@ def eval_cmd(
     sampling = SamplingOptions(max_new_tokens, temperature, top_p, 1, seed)
     opts = EvalOptions(sampling, keep_ratio, answer_marker, batch_tokens, limit, resume, shard)
     emit_summary(run_eval(bench, output, model_opts, opts))
+
+
+@app.command("distill")
+def distill_cmd(
+    pruned: Annotated[Path, typer.Argument(help="Pruned (or chains) Parquet to train on.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output directory.")],
+    model: Model = DEFAULT_MODEL,
+    full: Annotated[bool, typer.Option("--full", help="Full fine-tuning instead of LoRA.")] = False,
+    lora_r: Annotated[int, typer.Option("--lora-r")] = 16,
+    lora_alpha: Annotated[int, typer.Option("--lora-alpha")] = 32,
+    lora_dropout: Annotated[float, typer.Option("--lora-dropout")] = 0.05,
+    lora_targets: Annotated[str, typer.Option(
+        "--lora-targets", help="all-linear, or module names (q_proj,v_proj,...).")] = "all-linear",
+    epochs: Annotated[float, typer.Option("--epochs")] = 1.0,
+    max_steps: Annotated[int | None, typer.Option(
+        "--max-steps", help="Optimiser steps (overrides --epochs).")] = None,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 2e-4,
+    warmup_ratio: Annotated[float, typer.Option("--warmup-ratio")] = 0.03,
+    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.0,
+    max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="0: no clipping.")] = 1.0,
+    batch_tokens: Annotated[int, typer.Option(
+        "--batch-tokens", min=1, help="Token budget of one micro-batch.")] = 4096,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", min=1)] = 1,
+    max_length: Annotated[int, typer.Option(
+        "--max-length", help="Longer sequences are skipped (and counted).")] = 2048,
+    packing: Annotated[str, typer.Option(
+        "--packing", help="auto|pack|group: pack (padding-free) or length-grouped batches; "
+                          "auto packs with flash-attention.")] = "auto",
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing")] = False,
+    ratio_conditioned: Annotated[bool, typer.Option(
+        "--ratio-conditioned", help="TokenSkip: write each row's keep ratio into its prompt.")
+    ] = False,
+    save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps.")
+                          ] = 100,
+    keep_checkpoints: Annotated[int, typer.Option("--keep-checkpoints")] = 2,
+    dtype: Dtype = "auto",
+    device: Device = "auto",
+    trust_remote_code: TrustRemoteCode = False,
+    seed: Seed = 0,
+    limit: Limit = None,
+    resume: Resume = False,
+    config: Config = None,
+) -> None:
+    """Fine-tune a student on pruned chains (loss on CoT + answer only); LoRA by default."""
+    from cotprune.console import emit_summary
+    from cotprune.distill import DistillOptions, LoraOptions, run_distill
+    from cotprune.models import ModelOptions
+
+    model_opts = ModelOptions(model, None, dtype, device, trust_remote_code)
+    opts = DistillOptions(
+        LoraOptions(lora_r, lora_alpha, lora_dropout, lora_targets), full, epochs, max_steps, lr,
+        warmup_ratio, weight_decay, max_grad_norm, batch_tokens, grad_accum, max_length, packing,
+        gradient_checkpointing, ratio_conditioned, save_every, keep_checkpoints, seed, limit,
+        resume)
+    summary = run_distill(pruned, output, model_opts, opts)
+    import os
+
+    if int(os.environ.get("RANK", 0)) == 0:
+        emit_summary(summary)

@@ -1,0 +1,468 @@
+"""`cotprune distill`: fine-tune a student on (pruned) chains; the loss covers CoT + answer only.
+
+LoRA through peft by default (`--full` trains every weight). The data order is a pure function
+of the seed (`training.plan_epoch`), optimiser steps normalise the summed token NLL by the
+step's target-token count (so packing, grouping, accumulation and the number of processes do
+not change the objective), and checkpoints hold the trainable weights, the optimiser, the step
+and the RNG state: `--resume` continues the same run and gives the same losses.
+
+OUTDIR afterwards:
+
+    adapter_config.json, adapter_model.safetensors   (or the full model with --full)
+    tokenizer files, distill.json (manifest + options), metrics.jsonl (one line per step)
+    checkpoints/step-NNNNNN/state.pt                  (the last `--keep-checkpoints`)
+
+Many processes: `torchrun --nproc-per-node N -m cotprune distill ...` (or `accelerate launch
+-m cotprune distill ...`). Each process takes every N-th micro-batch of a step and DDP averages
+the gradients (gloo on CPU, nccl on GPUs); rank 0 writes the outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cotprune.console import log
+from cotprune.errors import InputError
+from cotprune.files import make_manifest, read_table, validate_chains
+from cotprune.models import ModelOptions
+
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+MANIFEST = "distill.json"
+
+
+@dataclass
+class LoraOptions:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    targets: str = "all-linear"
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise InputError("--lora-r must be at least 1")
+        if not 0 <= self.dropout < 1:
+            raise InputError("--lora-dropout must be in [0, 1)")
+
+
+@dataclass
+class DistillOptions:
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    full: bool = False
+    epochs: float = 1.0
+    max_steps: int | None = None
+    lr: float = 2e-4
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    batch_tokens: int = 4096
+    grad_accum: int = 1
+    max_length: int = 2048
+    packing: str = "auto"
+    gradient_checkpointing: bool = False
+    ratio_conditioned: bool = False
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    seed: int = 0
+    limit: int | None = None
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        from cotprune.training import PACKINGS
+
+        checks = [
+            (self.epochs > 0, "--epochs must be > 0"),
+            (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),
+            (self.lr > 0, "--lr must be > 0"),
+            (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
+            (self.batch_tokens >= 1, "--batch-tokens must be at least 1"),
+            (self.grad_accum >= 1, "--grad-accum must be at least 1"),
+            (self.max_length >= 2, "--max-length must be at least 2"),
+            (self.packing in PACKINGS, f"--packing must be one of {', '.join(PACKINGS)}"),
+            (self.save_every >= 1, "--save-every must be at least 1"),
+            (self.keep_checkpoints >= 1, "--keep-checkpoints must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
+    def fingerprint(self) -> str:
+        """What must match for `--resume` to continue a run (not resume/save settings)."""
+        keep = {k: v for k, v in asdict(self).items()
+                if k not in ("resume", "save_every", "keep_checkpoints")}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --- data ------------------------------------------------------------------------------------
+
+def load_examples(path: Path, tokenizer, opts: DistillOptions):
+    """Examples from a pruned (or plain chains) file; skipped rows are counted, not hidden."""
+    from cotprune.layout import ChainLayout
+    from cotprune.training import build_example
+
+    table = read_table(path)
+    validate_chains(table, str(path), unique_ids=False)
+    if opts.ratio_conditioned and "keep_ratio" not in table.column_names:
+        raise InputError("--ratio-conditioned needs a pruned file (column keep_ratio)",
+                         file=str(path), column="keep_ratio")
+    if opts.limit is not None:
+        table = table.slice(0, opts.limit)
+    chain_layout = ChainLayout(tokenizer)
+    examples, skipped = [], {"truncated": 0, "no_answer": 0, "too_long": 0}
+    for row in table.to_pylist():
+        if row.get("truncated"):
+            skipped["truncated"] += 1
+            continue
+        if not row["answer"].strip():
+            skipped["no_answer"] += 1
+            continue
+        ratio = row.get("keep_ratio") if opts.ratio_conditioned else None
+        if opts.ratio_conditioned and ratio is None:
+            raise InputError("null keep ratio", file=str(path), row=row["id"],
+                             column="keep_ratio")
+        ex = build_example(chain_layout, row["question"], row["cot"], row["answer"], ratio)
+        if len(ex) > opts.max_length:
+            skipped["too_long"] += 1
+            continue
+        examples.append(ex)
+    if any(skipped.values()):
+        log.warning("distill: skipped rows %s", skipped)
+    if not examples:
+        raise InputError("no usable rows to train on", file=str(path))
+    return examples, skipped
+
+
+@dataclass
+class StepPlan:
+    """Every optimiser step's micro-batches (lists of example indices), for all processes."""
+
+    steps: list[list[list[int]]]
+    epochs_used: int
+
+    def for_rank(self, step: int, rank: int, world: int) -> list[list[int]]:
+        return self.steps[step][rank::world]
+
+
+def plan_steps(lengths: list[int], opts: DistillOptions, packed: bool, world: int) -> StepPlan:
+    """Cut the epochs' micro-batches into steps of grad_accum x world micro-batches.
+
+    `--max-steps` runs as many epochs as it needs; `--epochs` may be fractional. A last step with
+    fewer micro-batches than processes is dropped so that every process has work.
+    """
+    from cotprune.training import plan_epoch
+
+    per_step = opts.grad_accum * world
+    stream: list[list[int]] = []
+    epoch = 0
+    want = None if opts.max_steps is None else opts.max_steps * per_step
+    while True:
+        batches = plan_epoch(lengths, opts.batch_tokens, opts.seed, epoch, packed=packed)
+        if want is None:
+            remaining = round(opts.epochs * len(batches)) - epoch * len(batches)
+            if remaining <= 0:
+                break
+            batches = batches[:remaining]
+        stream += batches
+        epoch += 1
+        if want is not None and len(stream) >= want:
+            stream = stream[:want]
+            break
+    steps = [stream[s:s + per_step] for s in range(0, len(stream), per_step)]
+    if steps and len(steps[-1]) < world:
+        steps.pop()
+    if not steps:
+        raise InputError(f"too little data for one step on {world} processes")
+    return StepPlan(steps, epoch)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+def check_outdir(outdir: Path, resume: bool) -> None:
+    """A new run needs an empty (or missing) OUTDIR; a leftover run needs --resume."""
+    if not outdir.exists():
+        return
+    if not outdir.is_dir():
+        raise InputError("the output of distill is a directory", file=str(outdir))
+    if any(outdir.iterdir()) and not resume:
+        raise InputError("directory is not empty: pass --resume to continue its run, or choose "
+                         "a new directory", file=str(outdir))
+
+
+def write_manifest(outdir: Path, model_opts: ModelOptions, opts: DistillOptions,
+                   extra: dict) -> None:
+    manifest = make_manifest("distill", model=model_opts.model, dtype=model_opts.dtype,
+                             seed=opts.seed, options=asdict(opts),
+                             ratio_conditioned=opts.ratio_conditioned, full=opts.full, **extra)
+    tmp = outdir / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, default=str))
+    os.replace(tmp, outdir / MANIFEST)
+
+
+def prune_checkpoints(ckpt_root: Path, keep: int) -> None:
+    done = sorted(p for p in ckpt_root.glob("step-*") if (p / "state.pt").exists())
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(outdir: Path) -> Path | None:
+    done = sorted(p for p in (outdir / CHECKPOINTS).glob("step-*") if (p / "state.pt").exists())
+    return done[-1] if done else None
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metric lines of steps after the checkpoint we resume from."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines()
+             if ln.strip() and json.loads(ln)["step"] <= last_step]
+    path.write_text("".join(ln + "\n" for ln in lines))
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        elapsed, self.start = now - self.start, now
+        return elapsed
+
+
+# --- processes -------------------------------------------------------------------------------
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_spec: str) -> Dist:
+    """Join the process group when launched by torchrun/accelerate (WORLD_SIZE > 1)."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return Dist()
+    rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    cuda = torch.cuda.is_available() and device_spec != "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(local)
+    return Dist(rank, world, local)
+
+
+def all_sum(value: float, d: Dist, device) -> float:
+    if d.world == 1:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+# --- model -----------------------------------------------------------------------------------
+
+def load_student(model_opts: ModelOptions, opts: DistillOptions, d: Dist):
+    """(model, tokenizer, autocast dtype or None). `--dtype auto` keeps float32 master weights
+    and trains under bf16 autocast on a GPU that has it."""
+    import torch
+
+    from cotprune.models import load_model, resolve_device
+
+    device = resolve_device(model_opts.device)
+    if device.type == "cuda" and d.world > 1:
+        device = torch.device("cuda", d.local_rank)
+    autocast = None
+    dtype = model_opts.dtype
+    if dtype == "auto":
+        dtype = "float32"
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            autocast = torch.bfloat16
+    opts_here = ModelOptions(model_opts.model, None, dtype, str(device),
+                             model_opts.trust_remote_code)
+    model, tokenizer = load_model(opts_here, for_training=True)
+    if opts.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    if not opts.full:
+        from peft import LoraConfig, get_peft_model
+
+        targets = opts.lora.targets
+        target_modules = targets if targets == "all-linear" else \
+            [t.strip() for t in targets.split(",") if t.strip()]
+        config = LoraConfig(r=opts.lora.r, lora_alpha=opts.lora.alpha,
+                            lora_dropout=opts.lora.dropout, target_modules=target_modules,
+                            task_type="CAUSAL_LM")
+        try:
+            model = get_peft_model(model, config)
+        except ValueError as e:
+            raise InputError(f"--lora-targets: {e}") from None
+    model.train()
+    return model, tokenizer, autocast
+
+
+def trainable_state(model) -> dict:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(outdir: Path, step: int, model, optimizer, fingerprint: str,
+                    keep: int) -> None:
+    import torch
+
+    root = outdir / CHECKPOINTS
+    target = root / f"step-{step:06d}"
+    tmp = root / f".step-{step:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {"step": step, "fingerprint": fingerprint, "trainable": trainable_state(model),
+             "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state(),
+             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    torch.save(state, tmp / "state.pt")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    prune_checkpoints(root, keep)
+
+
+def load_checkpoint(path: Path, model, optimizer, fingerprint: str) -> int:
+    import torch
+
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    if state["fingerprint"] != fingerprint:
+        raise InputError("the checkpoint was made with other data or options; resume with "
+                         "the same command line", file=str(path))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state["trainable"].items():
+            params[name].copy_(value.to(params[name].device))
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng_cpu"])
+    if state["rng_cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    return int(state["step"])
+
+
+def save_final(outdir: Path, model, tokenizer) -> None:
+    model.save_pretrained(outdir, safe_serialization=True)
+    tokenizer.save_pretrained(outdir)
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+def run_distill(pruned: Path, outdir: Path, model_opts: ModelOptions,
+                opts: DistillOptions) -> dict:
+    """Train and save; returns the summary (rank 0's view)."""
+    import contextlib
+
+    import torch
+
+    from cotprune.training import (
+        TargetLoss,
+        collate_packed,
+        collate_padded,
+        lr_factor,
+        micro_batch_nll,
+    )
+
+    outdir = Path(outdir)
+    d = init_distributed(model_opts.device)
+    check_outdir(outdir, opts.resume)
+    torch.manual_seed(opts.seed)
+    model, tokenizer, autocast = load_student(model_opts, opts, d)
+    device = next(model.parameters()).device
+    examples, skipped = load_examples(Path(pruned), tokenizer, opts)
+    attn = getattr(model.config, "_attn_implementation", "") or ""
+    packed = opts.packing == "pack" or (opts.packing == "auto" and "flash" in attn)
+    plan = plan_steps([len(e) for e in examples], opts, packed, d.world)
+    total = len(plan.steps)
+    warmup = round(opts.warmup_ratio * total)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    loss_module = TargetLoss(model)
+    if d.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        loss_module = DistributedDataParallel(
+            loss_module, device_ids=[d.local_rank] if device.type == "cuda" else None)
+    fingerprint = opts.fingerprint() + hashlib.sha256(
+        json.dumps([e.input_ids for e in examples]).encode()).hexdigest()[:16]
+    start = 0
+    ckpt = latest_checkpoint(outdir) if opts.resume else None
+    if ckpt is not None:
+        start = load_checkpoint(ckpt, model, optimizer, fingerprint)
+        log.info("distill: resuming after step %d from %s", start, ckpt)
+    if d.main:
+        outdir.mkdir(parents=True, exist_ok=True)
+        truncate_metrics(outdir / METRICS, start)
+        write_manifest(outdir, model_opts, opts, {"status": "running", "steps": total})
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    log.info("distill: %d examples, %d steps, %s micro-batches, %d process(es), %s",
+             len(examples), total, "packed" if packed else "length-grouped", d.world,
+             "LoRA" if not opts.full else "full fine-tuning")
+    timer, last_loss, first_loss, tokens_seen = Timer(), None, None, 0
+    for step in range(start, total):
+        for group in optimizer.param_groups:
+            group["lr"] = opts.lr * lr_factor(step, total, warmup)
+        step_batches = plan.steps[step]
+        step_targets = sum(examples[i].n_targets for b in step_batches for i in b)
+        step_tokens = sum(len(examples[i]) for b in step_batches for i in b)
+        mine = plan.for_rank(step, d.rank, d.world)
+        nll_sum = 0.0
+        for k, batch_ids in enumerate(mine):
+            batch = [examples[i] for i in batch_ids]
+            mb = (collate_packed(batch) if packed else collate_padded(batch, pad_id)).to(device)
+            sync = k == len(mine) - 1 or d.world == 1
+            ctx = contextlib.nullcontext() if sync else loss_module.no_sync()
+            amp = torch.autocast(device.type, dtype=autocast) if autocast else \
+                contextlib.nullcontext()
+            with ctx, amp:
+                nll = micro_batch_nll(loss_module, mb)
+                (nll * (d.world / step_targets)).backward()
+            nll_sum += float(nll.detach())
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm) \
+            if opts.max_grad_norm > 0 else None
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss = all_sum(nll_sum, d, device) / step_targets
+        seconds = timer.lap()
+        tokens_seen += step_tokens
+        first_loss = loss if first_loss is None else first_loss
+        last_loss = loss
+        if d.main:
+            record = {"step": step + 1, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
+                      "tokens": step_tokens, "target_tokens": step_targets,
+                      "tokens_per_s": step_tokens / max(seconds, 1e-9),
+                      "grad_norm": None if grad_norm is None else float(grad_norm)}
+            with open(outdir / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if (step + 1) % opts.save_every == 0 or step + 1 == total:
+                save_checkpoint(outdir, step + 1, model, optimizer, fingerprint,
+                                opts.keep_checkpoints)
+            log.info("distill: step %d/%d loss %.4f lr %.2e %.0f tok/s", step + 1, total, loss,
+                     record["lr"], record["tokens_per_s"])
+    summary = {"command": "distill", "examples": len(examples), "skipped": skipped,
+               "steps": total, "resumed_from": start, "first_loss": first_loss,
+               "final_loss": last_loss, "processes": d.world, "output": str(outdir)}
+    if d.main:
+        save_final(outdir, model, tokenizer)
+        write_manifest(outdir, model_opts, opts,
+                       {"status": "done", **{k: v for k, v in summary.items() if k != "command"}})
+    if d.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return summary
