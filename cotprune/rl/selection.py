@@ -36,23 +36,25 @@ def nat_urs(lengths: Sequence[int], p: float, generator: torch.Generator | None 
 
 
 def rpc_cuts(lengths: Sequence[int], a: float, generator: torch.Generator | None = None
-             ) -> list[int]:
+             ) -> torch.Tensor:
     """Random prefix cut c_i, uniform on {ceil(a L_i), ..., L_i}: keep response tokens t <= c_i."""
     if not 0 <= a <= 1:
         raise ValueError("cut floor must be in [0, 1]")
-    cuts = []
-    u = torch.rand(len(lengths), generator=generator, dtype=torch.float64)
-    for length, ui in zip(lengths, u.tolist()):
-        lo = math.ceil(a * length)
-        cuts.append(min(length, lo + int(ui * (length - lo + 1))))
-    return cuts
+    lens = torch.as_tensor(list(lengths), dtype=torch.float64)
+    lo = torch.ceil(a * lens)
+    u = torch.rand(len(lens), generator=generator, dtype=torch.float64)
+    return torch.minimum(lens, lo + torch.floor(u * (lens - lo + 1))).long()
 
 
 def rpc_inclusion(length: int, a: float) -> torch.Tensor:
     """pi_t = P(c >= t) for t = 1..L: 1 up to ceil(a L), then (L - t + 1) / (L - ceil(a L) + 1)."""
-    lo = math.ceil(a * length)
-    t = torch.arange(1, length + 1, dtype=torch.float64)
-    return ((length - torch.clamp(t, min=lo) + 1) / (length - lo + 1)).clamp(max=1.0)
+    return _rpc_pi(torch.tensor([float(length)], dtype=torch.float64), a, length)[0]
+
+
+def _rpc_pi(lens: torch.Tensor, a: float, width: int) -> torch.Tensor:
+    lo = torch.ceil(a * lens)[:, None]
+    t = torch.arange(1, width + 1, dtype=torch.float64)[None, :]
+    return ((lens[:, None] - torch.maximum(t, lo) + 1) / (lens[:, None] - lo + 1)).clamp(1e-12, 1.0)
 
 
 def nat_rpc(lengths: Sequence[int], a: float = 0.0, generator: torch.Generator | None = None
@@ -60,12 +62,10 @@ def nat_rpc(lengths: Sequence[int], a: float = 0.0, generator: torch.Generator |
     """Random prefix cut: mask keeps each response's first c_i tokens, weights 1/pi on them."""
     cuts = rpc_cuts(lengths, a, generator)
     width = max(lengths, default=0)
-    mask = torch.zeros((len(lengths), width), dtype=torch.bool)
-    weights = torch.zeros((len(lengths), width), dtype=torch.float32)
-    for i, (length, c) in enumerate(zip(lengths, cuts)):
-        mask[i, :c] = True
-        weights[i, :c] = (1.0 / rpc_inclusion(length, a)[:c]).float()
-    return mask, weights
+    lens = torch.as_tensor(list(lengths), dtype=torch.float64)
+    mask = torch.arange(width)[None, :] < cuts[:, None]
+    weights = torch.where(mask, 1.0 / _rpc_pi(lens, a, width), torch.zeros((), dtype=torch.float64))
+    return mask, weights.float()
 
 
 def sorted_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
