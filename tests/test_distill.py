@@ -1,0 +1,266 @@
+"""`distill`: loss mask, packing, data order, schedule, resume, ratio conditioning, LoRA output."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+from conftest import run_cli, summary_of
+
+from cotprune.files import CHAIN_SCHEMA, write_table
+from cotprune.generation import ratio_question
+from cotprune.layout import ANSWER_PREFIX, ChainLayout, decode
+from cotprune.synth import synth_arithmetic
+from cotprune.training import (
+    Example,
+    TargetLoss,
+    build_example,
+    collate_packed,
+    collate_padded,
+    loss_mask,
+    lr_factor,
+    micro_batch_nll,
+    plan_epoch,
+)
+
+
+def _pruned_file(path: Path, n: int = 4, ratios=(0.5, 0.9), seed: int = 1) -> Path:
+    """A pruned-like file: synth chains, one row per ratio, CoT cut to about that ratio."""
+    rows = []
+    for chain in synth_arithmetic(n, seed):
+        for r in ratios:
+            words = chain["cot"].split(" ")
+            rows.append({**chain, "cot": " ".join(words[:max(1, int(r * len(words)))]),
+                         "keep_ratio": r})
+    schema = pa.schema([*CHAIN_SCHEMA, pa.field("keep_ratio", pa.float32())])
+    write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+# --- loss mask -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tok", ["qwen_tokenizer", "gpt2_tokenizer"])
+def test_loss_mask_covers_exactly_cot_and_answer(tok, request):
+    tokenizer = request.getfixturevalue(tok)
+    cl = ChainLayout(tokenizer)
+    ex = build_example(cl, "How many?", "First 2, then 3 more, so 5.", "5")
+    mask = loss_mask(ex)
+    prompt = cl.prompt_ids("How many?")
+    assert not any(mask[:len(prompt)])  # never the prompt
+    assert all(mask[len(prompt):])      # everything after it: CoT, answer, end of turn
+    targets = [t for t, m in zip(ex.input_ids, mask, strict=True) if m]
+    assert decode(tokenizer, targets) == "First 2, then 3 more, so 5." + ANSWER_PREFIX + "5" \
+        + cl.end_of_turn
+    batch = collate_padded([ex, build_example(cl, "Q", "c", "1")], pad_id=0)
+    assert batch.targets.tolist()[:len(targets)] == targets
+
+
+def test_ratio_conditioned_prompt(qwen_tokenizer):
+    cl = ChainLayout(qwen_tokenizer)
+    ex = build_example(cl, "How many?", "cot", "5", keep_ratio=0.5)
+    assert list(ex.input_ids[:ex.loss_start]) == cl.prompt_ids("How many?\n<keep ratio 0.5>")
+
+
+# --- packing ---------------------------------------------------------------------------------
+
+def _reference_nll(model, ex: Example) -> torch.Tensor:
+    """Plain reference: the whole logits of one unpadded sequence, CE over the mask."""
+    ids = torch.tensor([ex.input_ids])
+    logits = model(input_ids=ids).logits[0].float()
+    targets = ids[0, ex.loss_start:ex.loss_end]
+    return torch.nn.functional.cross_entropy(logits[ex.loss_start - 1:ex.loss_end - 1], targets,
+                                             reduction="sum")
+
+
+def test_packed_and_padded_losses_equal_unpacked(tiny_qwen_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen_model, dtype=torch.float32)
+    cl = ChainLayout(tok)
+    examples = [build_example(cl, c["question"], c["cot"][:40 * (i + 1)], c["answer"])
+                for i, c in enumerate(synth_arithmetic(3, 5))]
+    assert len({len(e) for e in examples}) == 3
+    loss = TargetLoss(model)
+
+    def value_and_grad(fn):
+        model.zero_grad()
+        value = fn()
+        value.backward()
+        return value.detach(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+
+    ref, ref_grad = value_and_grad(lambda: sum(_reference_nll(model, e) for e in examples))
+    packed, packed_grad = value_and_grad(lambda: micro_batch_nll(loss, collate_packed(examples)))
+    padded, padded_grad = value_and_grad(
+        lambda: micro_batch_nll(loss, collate_padded(examples, tok.pad_token_id)))
+    assert torch.allclose(packed, ref, rtol=1e-5) and torch.allclose(padded, ref, rtol=1e-5)
+    assert torch.allclose(packed_grad, ref_grad, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(padded_grad, ref_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_nll_equals_whole(tiny_gpt2_model):
+    from cotprune.training import target_nll
+
+    head = torch.nn.Linear(8, 50, bias=False)
+    hidden = torch.randn(37, 8, requires_grad=True)
+    targets = torch.randint(0, 50, (37,))
+    whole = torch.nn.functional.cross_entropy(head(hidden), targets, reduction="sum")
+    chunked = target_nll(hidden, head, targets, chunk_rows=10)
+    assert torch.allclose(whole, chunked, rtol=1e-6)
+    g1, = torch.autograd.grad(whole, hidden)
+    g2, = torch.autograd.grad(chunked, hidden)
+    assert torch.allclose(g1, g2, atol=1e-6)
+
+
+# --- data order and schedule -----------------------------------------------------------------
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_plan_epoch_covers_every_example_once_within_budget(packed):
+    lengths = [5 + (i * 37) % 90 for i in range(200)]
+    plan = plan_epoch(lengths, 300, seed=3, epoch=1, packed=packed)
+    assert sorted(i for b in plan for i in b) == list(range(200))
+    for b in plan:
+        cost = sum(lengths[i] for i in b) if packed else len(b) * max(lengths[i] for i in b)
+        assert cost <= 300 or len(b) == 1
+    assert plan == plan_epoch(lengths, 300, seed=3, epoch=1, packed=packed)
+    assert plan != plan_epoch(lengths, 300, seed=3, epoch=2, packed=packed)
+
+
+def test_lr_warmup_then_cosine():
+    assert lr_factor(0, 10, 2) == 0.5 and lr_factor(1, 10, 2) == 1.0
+    assert lr_factor(2, 10, 2) == pytest.approx(1.0)
+    assert lr_factor(6, 10, 2) == pytest.approx(0.5)
+    assert lr_factor(10, 10, 2) == pytest.approx(0.0)
+    assert lr_factor(0, 5, 0) == 1.0
+
+
+# --- the command -----------------------------------------------------------------------------
+
+def _metrics(outdir: Path) -> list[dict]:
+    return [json.loads(x) for x in (outdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_gives_the_same_losses(tiny_gpt2_model, tmp_path):
+    data = _pruned_file(tmp_path / "pruned.parquet")
+    args = ["distill", data, "--model", tiny_gpt2_model, "--max-steps", "4", "--lr", "5e-3",
+            "--batch-tokens", "600", "--save-every", "2", "--lora-dropout", "0.1",
+            "--device", "cpu"]
+    whole = tmp_path / "whole"
+    code, stdout, err = run_cli(*args, "-o", whole)
+    assert code == 0, err
+    assert summary_of(stdout)["steps"] == 4
+    # an interruption after step 2's checkpoint: later checkpoint and outputs never written
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    shutil.rmtree(cut / "checkpoints" / "step-000004")
+    for f in ("adapter_model.safetensors", "adapter_config.json"):
+        (cut / f).unlink()
+    code, _, err = run_cli(*args, "-o", cut)
+    assert code == 2 and "--resume" in err
+    code, stdout, err = run_cli(*args, "-o", cut, "--resume")
+    assert code == 0, err
+    assert summary_of(stdout)["resumed_from"] == 2
+    a, b = _metrics(whole), _metrics(cut)
+    assert [m["step"] for m in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b, strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-6, abs=1e-7)
+        assert y["lr"] == pytest.approx(x["lr"])
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(whole / "adapter_model.safetensors"), load_file(cut /
+                                                                      "adapter_model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_ratio_conditioned_round_trip_through_eval(tiny_qwen_model, tmp_path, monkeypatch):
+    from cotprune import generate as gen_stage
+
+    data = _pruned_file(tmp_path / "pruned.parquet", n=2, ratios=(0.5,))
+    out = tmp_path / "student"
+    code, _, err = run_cli("distill", data, "-o", out, "--model", tiny_qwen_model,
+                           "--max-steps", "1", "--ratio-conditioned", "--device", "cpu")
+    assert code == 0, err
+    assert json.loads((out / "distill.json").read_text())["ratio_conditioned"] is True
+    seen = []
+    real = gen_stage.generate_batch
+
+    def spy(model, tokenizer, prompts, *a, **k):
+        seen.extend(prompts)
+        assert type(model).__name__.startswith("Peft")  # the adapter was attached
+        return real(model, tokenizer, prompts, *a, **k)
+
+    monkeypatch.setattr(gen_stage, "generate_batch", spy)
+    code, stdout, err = run_cli("eval", data, "-o", tmp_path / "eval.parquet", "--model",
+                                tiny_qwen_model, "--adapter", out, "--keep-ratio", "0.5",
+                                "--max-new-tokens", "2", "--device", "cpu")
+    assert code == 0, err
+    assert summary_of(stdout)["keep_ratio"] == 0.5
+    from cotprune.models import load_tokenizer
+
+    cl = ChainLayout(load_tokenizer(str(tiny_qwen_model)))
+    questions = [c["question"] for c in synth_arithmetic(2, 1)]
+    trained = [list(build_example(cl, q, "c", "a", keep_ratio=0.5).input_ids[
+        :len(cl.prompt_ids(ratio_question(q, 0.5)))]) for q in questions]
+    assert sorted(seen) == sorted(trained)
+
+
+def test_ratio_conditioned_needs_keep_ratio(tiny_gpt2_model, chains_file, tmp_path):
+    code, _, err = run_cli("distill", chains_file, "-o", tmp_path / "s", "--model",
+                           tiny_gpt2_model, "--ratio-conditioned")
+    assert code == 2 and "keep_ratio" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_bad_options_name_the_flag(tiny_gpt2_model, chains_file, tmp_path):
+    code, _, err = run_cli("distill", chains_file, "-o", tmp_path / "s", "--model",
+                           tiny_gpt2_model, "--packing", "zip")
+    assert code == 2 and "--packing" in err
+
+
+@pytest.mark.slow
+def test_lora_on_default_model_lowers_loss_and_loads_with_peft(default_model_cache, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    data = _pruned_file(tmp_path / "pruned.parquet", n=3, ratios=(0.7,))
+    out = tmp_path / "student"
+    code, stdout, err = run_cli("distill", data, "-o", out, "--max-steps", "5", "--lr", "2e-3",
+                                "--warmup-ratio", "0", "--batch-tokens", "4096",
+                                "--device", "cpu")
+    assert code == 0, err
+    s = summary_of(stdout)
+    losses = [m["loss"] for m in _metrics(out)]
+    assert s["final_loss"] < s["first_loss"] and losses[-1] < losses[0] * 0.9, losses
+    from cotprune.models import resolve_model_path
+
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_path("smollm2-135m"))
+    ids = torch.tensor([[1, 2, 3, 4]])
+    before = base(input_ids=ids).logits
+    tuned = PeftModel.from_pretrained(base, out)
+    assert not torch.allclose(tuned(input_ids=ids).logits, before)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_match_one_with_accumulation(tiny_gpt2_model, tmp_path):
+    """DDP (gloo) over 2 processes gives the losses of 1 process with --grad-accum 2."""
+    data = _pruned_file(tmp_path / "pruned.parquet", n=4, ratios=(0.5,))
+    common = ["distill", str(data), "--model", str(tiny_gpt2_model), "--max-steps", "2",
+              "--batch-tokens", "300", "--lora-dropout", "0", "--device", "cpu"]
+    code, _, err = run_cli(*common, "-o", tmp_path / "one", "--grad-accum", "2")
+    assert code == 0, err
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", "29533",
+                           "-m", "cotprune", *common, "-o", str(tmp_path / "two")],
+                          capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert summary_of(proc.stdout)["processes"] == 2
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert [m["loss"] for m in two] == pytest.approx([m["loss"] for m in one], rel=1e-5)
