@@ -1,5 +1,7 @@
 """`cotprune score`: scorers against plain references, batching, shards, resume, bad input."""
 
+import functools
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -14,11 +16,16 @@ from cotprune.score import ScoreOptions, score_batch
 SCORERS = ["surprisal", "entropy", "attention"]
 
 
-def reference_scores(path, layout):
-    """Float64 full-vocabulary log-softmax and eager attention, one chain at a time."""
+@functools.lru_cache(maxsize=2)
+def eager_model(path):
     from transformers import AutoModelForCausalLM
 
-    eager = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    return AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+
+
+def reference_scores(path, layout):
+    """Float64 full-vocabulary log-softmax and eager attention, one chain at a time."""
+    eager = eager_model(str(path))
     with torch.no_grad():
         out = eager(torch.tensor([layout.input_ids]), output_attentions=True)
     logp = torch.log_softmax(out.logits[0].double(), -1)
