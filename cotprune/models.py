@@ -142,7 +142,9 @@ def load_tokenizer(name: str = DEFAULT_MODEL, trust_remote_code: bool = False):
 def load_model(opts: ModelOptions, *, for_training: bool = False):
     """Load (model, tokenizer) on the requested device and dtype, with an optional peft adapter."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own progress goes to stderr; keep it readable
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device)
     path = resolve_model_path(opts.model)

@@ -1,0 +1,68 @@
+"""`cotprune prune`: delete CoT tokens by greedy likelihood preservation or a static order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cotprune.cli import app
+from cotprune.cli.options import (Adapter, BatchTokens, Config, Device, Dtype, Limit, Model,
+                                  Output, Resume, Seed, ShardSpec, TrustRemoteCode, parse_list)
+
+
+@app.command("prune")
+def prune_cmd(
+    chains: Annotated[Path, typer.Argument(help="Chains (or scores) file or directory.")],
+    output: Output,
+    method: Annotated[str, typer.Option(
+        "--method", help="greedy|surprisal|entropy|attention|loo|predicted|random.")] = "greedy",
+    keep: Annotated[str, typer.Option(
+        "--keep", help="Keep ratios, comma-separated; one row per chain and ratio.")] = "0.9,0.7,0.5",
+    objective: Annotated[str, typer.Option(
+        "--objective", help="reason-answer (CoT + answer NLL) or answer.")] = "reason-answer",
+    per_step: Annotated[int, typer.Option(
+        "--per-step", help="greedy, approximate: delete the K best candidates per step.")] = 1,
+    shortlist: Annotated[Optional[int], typer.Option(
+        "--shortlist", help="greedy, approximate: rescore only the M cheapest candidates "
+                            "between full refreshes.")] = None,
+    refresh_every: Annotated[int, typer.Option(
+        "--refresh-every", help="greedy --shortlist: rescore all candidates every N steps.")] = 10,
+    protect: Annotated[Optional[str], typer.Option(
+        "--protect", help="'digits' or a regex: matching tokens are never deleted.")] = None,
+    max_cot_tokens: Annotated[Optional[int], typer.Option(
+        "--max-cot-tokens", help="Skip chains with longer CoTs (guards greedy's run time).")] = 1024,
+    predictor: Annotated[Optional[Path], typer.Option(
+        "--predictor", help="predicted: a file written by `predictor fit`.")] = None,
+    repredict_every: Annotated[Optional[int], typer.Option(
+        "--repredict-every", help="predicted: re-predict after every K deletions.")] = None,
+    model: Model = "smollm2-135m",
+    adapter: Adapter = None,
+    dtype: Dtype = "auto",
+    device: Device = "auto",
+    trust_remote_code: TrustRemoteCode = False,
+    batch_tokens: BatchTokens = 4096,
+    seed: Seed = 0,
+    limit: Limit = None,
+    resume: Resume = False,
+    shard: ShardSpec = None,
+    config: Config = None,
+) -> None:
+    """Prune chains: one output row per chain and keep ratio, with J of each pruned chain."""
+    from cotprune.console import emit_summary
+    from cotprune.files import Shard
+    from cotprune.greedy import GreedyOptions
+    from cotprune.models import ModelOptions
+    from cotprune.prune import PruneOptions, run_prune
+
+    opts = PruneOptions(
+        method=method, keep=parse_list(keep, "--keep", float), objective=objective,
+        greedy=GreedyOptions(per_step=per_step, shortlist=shortlist,
+                             refresh_every=refresh_every),
+        protect=protect, max_cot_tokens=max_cot_tokens, seed=seed, batch_tokens=batch_tokens,
+        predictor=str(predictor) if predictor else None, repredict_every=repredict_every)
+    model_opts = ModelOptions(model=model, adapter=adapter, dtype=dtype, device=device,
+                              trust_remote_code=trust_remote_code)
+    emit_summary(run_prune(chains, output, model_opts, opts, shard=Shard.parse(shard),
+                           resume=resume, limit=limit))

@@ -1,0 +1,90 @@
+import pytest
+
+from cotprune.deletion import ChainState, DeletionScorer, group_candidates
+from cotprune.greedy import GreedyOptions, greedy_prune, kept_positions
+from cotprune.layout import ChainLayout
+from cotprune.models import ModelOptions, load_model
+from greedy_reference import full_objective, reference_greedy
+
+COTS = ["We add 3 and 4 to get 7, so it is seven.",
+        "First 12 minus 5 is 7. Then 7 times 2 is 14, check: 14/2=7."]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_gpt2_model):
+    return load_model(ModelOptions(model=str(tiny_gpt2_model), device="cpu"))
+
+
+def _state(tok, cot, question="What is it?", answer="7"):
+    cl = ChainLayout(tok)
+    return ChainState(cl.prompt_ids(question), cl.cot_ids(cot), cl.answer_ids(answer))
+
+
+def test_group_candidates_covers_each_candidate_once_within_budget():
+    groups = group_candidates([9, 0, 1, 2, 3, 40, 41], cot_start=10, length=100, batch_tokens=300)
+    assert sorted(k for g in groups for k in g) == [0, 1, 2, 3, 9, 40, 41]
+    assert all(len(g) * 100 <= 300 or len(g) == 1 for g in groups)
+    assert all(g == sorted(g) for g in groups)
+
+
+@pytest.mark.parametrize("objective", ["reason-answer", "answer"])
+@pytest.mark.parametrize("batch_tokens", [1, 4096])
+def test_candidate_objectives_equal_full_recompute(tiny, objective, batch_tokens):
+    model, tok = tiny
+    state = _state(tok, COTS[1])
+    base_j, js = DeletionScorer(model, objective, batch_tokens).candidate_objectives(state)
+    assert base_j == pytest.approx(
+        full_objective(model, state.ids, state.objective_start(objective)), abs=1e-3)
+    assert sorted(js) == list(range(len(state.cot)))
+    for k, j in js.items():
+        s2 = ChainState(state.prompt, state.cot[:k] + state.cot[k + 1:], state.answer)
+        assert j == pytest.approx(full_objective(model, s2.ids, s2.objective_start(objective)),
+                                  abs=1e-3), k
+
+
+@pytest.mark.parametrize("objective", ["reason-answer", "answer"])
+@pytest.mark.parametrize("cot", COTS)
+def test_exact_greedy_order_equals_reference_algorithm(tiny, objective, cot):
+    model, tok = tiny
+    state = _state(tok, cot)
+    deletions = len(state.cot) - 3
+    ref_order, ref_trace = reference_greedy(model, state.prompt, state.cot, state.answer,
+                                            deletions, objective)
+    traj = greedy_prune(DeletionScorer(model, objective, 2048), state.prompt, state.cot,
+                        state.answer, deletions)
+    assert traj.order == ref_order
+    assert traj.trace == pytest.approx(ref_trace, abs=1e-3)
+
+
+def test_protected_tokens_are_never_deleted_and_resume_continues(tiny):
+    model, tok = tiny
+    state = _state(tok, COTS[1])
+    scorer = DeletionScorer(model, "reason-answer", 2048)
+    n = len(state.cot)
+    protected = frozenset(range(0, n, 3))
+    full = greedy_prune(scorer, state.prompt, state.cot, state.answer, n, protected=protected)
+    assert not set(full.order) & protected
+    assert len(full.order) == n - len(protected)  # stops when only protected tokens remain
+    saved = []
+    part = greedy_prune(scorer, state.prompt, state.cot, state.answer, 4, protected=protected,
+                        on_step=lambda t: saved.append(list(t.order)))
+    assert saved[-1] == part.order == full.order[:4]
+    resumed = greedy_prune(scorer, state.prompt, state.cot, state.answer, n,
+                           protected=protected, start=part)
+    assert resumed.order == full.order
+    assert resumed.trace == pytest.approx(full.trace, abs=1e-4)
+
+
+@pytest.mark.parametrize("opts", [GreedyOptions(per_step=3), GreedyOptions(shortlist=2,
+                                                                              refresh_every=4)])
+def test_approximate_modes_delete_the_requested_count(tiny, opts):
+    model, tok = tiny
+    state = _state(tok, COTS[1])
+    deletions = len(state.cot) // 2
+    traj = greedy_prune(DeletionScorer(model, "reason-answer", 2048), state.prompt, state.cot,
+                        state.answer, deletions, opts=opts)
+    assert len(traj.order) == deletions == len(set(traj.order))
+    kept = [state.cot[i] for i in kept_positions(len(state.cot), traj.order,
+                                                  len(state.cot) - deletions)]
+    final = full_objective(model, [*state.prompt, *kept, *state.answer], len(state.prompt))
+    assert traj.trace[-1] == pytest.approx(final, abs=1e-3)  # the trace is exact J
