@@ -233,6 +233,10 @@ def run_score(chains: str | Path, out: str | Path, opts: ScoreOptions, model_opt
         table = table.slice(0, opts.limit)
     torch.manual_seed(seed)
     model, tokenizer = load_model(model_opts)
+    if "attention" in opts.scorers:
+        from cotprune.attention import attention_modules
+
+        attention_modules(model)  # an unsupported architecture fails before any output exists
     significance = None
     if "significance" in opts.scorers:
         from cotprune.significance import SignificanceModel

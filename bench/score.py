@@ -1,0 +1,163 @@
+"""Benchmark: `cotprune score --scorer surprisal,entropy,attention` against the hand-written loop.
+
+The baseline is what a user writes by hand: one chain at a time, the model loaded with
+`attn_implementation="eager"`, `output_attentions=True`, and a full-vocabulary `log_softmax` of
+the logits. The optimised path is the `score` stage itself (`run_score`, called in-process:
+read Parquet, lay out, batch by --batch-tokens, SDPA forward, chunked vocabulary projection at CoT
+positions only, answer-row attention from captured q/k, write Parquet).
+
+Each side runs in its own fresh (spawned) process, in the same invocation of this script, so the
+peak memory of each is that process's `resource.getrusage(RUSAGE_SELF).ru_maxrss` (peak resident
+set size, includes the model and the Python/torch runtime); we also print the growth of maxrss
+from just before the model is loaded to the end (`delta`). Both sides are timed end to end,
+including loading the model. The scores of both are compared at the end.
+
+    .venv/bin/python bench/score.py [--chains 48] [--repeats 1] [--batch-tokens 8192]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+SCORERS = ["surprisal", "entropy", "attention"]
+
+
+def maxrss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def run_cotprune(chains: str, batch_tokens: int) -> dict:
+    """The `score` stage, in-process, end to end (model load, read, score, write)."""
+    import pyarrow.parquet as pq
+    import torch  # noqa: F401  (imported before the first maxrss reading, like the baseline)
+
+    from cotprune.models import ModelOptions
+    from cotprune.score import ScoreOptions, run_score
+
+    rss0 = maxrss_mib()
+    out = Path(tempfile.mkdtemp()) / "scores.parquet"
+    start = time.perf_counter()
+    summary = run_score(chains, out, ScoreOptions(scorers=SCORERS, batch_tokens=batch_tokens),
+                        ModelOptions(device="cpu"))
+    seconds = time.perf_counter() - start
+    rows = pq.read_table(out).to_pylist()
+    return {"seconds": seconds, "tokens": summary["tokens"], "rss_start_mib": rss0,
+            "rss_peak_mib": maxrss_mib(),
+            "scores": {r["id"]: {s: r[s] for s in SCORERS} for r in rows}}
+
+
+def run_hand_loop(chains: str) -> dict:
+    """One chain at a time, eager attention with output_attentions=True, full log_softmax."""
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cotprune.layout import ChainLayout
+    from cotprune.models import load_tokenizer, resolve_model_path
+
+    rss0 = maxrss_mib()
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path("smollm2-135m"),
+                                                 attn_implementation="eager").eval()
+    tok = load_tokenizer("smollm2-135m")
+    layout = ChainLayout(tok)
+    scores, tokens = {}, 0
+    with torch.no_grad():
+        for row in pq.read_table(chains).to_pylist():
+            x = layout.layout(row["question"], row["cot"], row["answer"])
+            ids = torch.tensor([x.input_ids])
+            out = model(ids, output_attentions=True)
+            logp = torch.log_softmax(out.logits[0].float(), dim=-1)
+            cs, ce, as_, ae = x.cot_start, x.cot_end, x.answer_start, x.answer_end
+            rows = logp[cs - 1:ce - 1]
+            surprisal = -rows.gather(-1, ids[0, cs:ce, None])[:, 0]
+            entropy = -(rows.exp() * rows).sum(-1)
+            att = torch.stack(out.attentions)[:, 0, :, as_:ae, cs:ce].mean(dim=(0, 1, 2))
+            scores[row["id"]] = {"surprisal": surprisal.tolist(), "entropy": entropy.tolist(),
+                                 "attention": att.tolist()}
+            tokens += len(x.input_ids)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "tokens": tokens, "rss_start_mib": rss0,
+            "rss_peak_mib": maxrss_mib(), "scores": scores}
+
+
+def in_fresh_process(fn, *args) -> dict:
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def max_differences(a: dict, b: dict) -> dict:
+    """Largest absolute difference per scorer over all chains and tokens."""
+    assert a.keys() == b.keys(), "the two runs scored different chains"
+    out = {}
+    for s in SCORERS:
+        worst = 0.0
+        for cid in a:
+            x, y = a[cid][s], b[cid][s]
+            assert len(x) == len(y), f"{cid}: {s} lengths differ"
+            worst = max([worst, *(abs(p - q) for p, q in zip(x, y))])
+        out[s] = worst
+    return out
+
+
+def write_chains(n: int, directory: Path) -> str:
+    import pyarrow as pa
+
+    from cotprune.files import CHAIN_SCHEMA, write_table
+    from cotprune.importers import import_chains
+
+    path = directory / "gsm8k.parquet"
+    write_table(pa.Table.from_pylist(import_chains(str(GSM8K), "gsm8k", limit=n),
+                                     schema=CHAIN_SCHEMA), path)
+    return str(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chains", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--batch-tokens", type=int, default=8192)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from cotprune.models import resolve_model_path
+
+    resolve_model_path("smollm2-135m")  # convert the default model once, outside the timings
+    chains = write_chains(args.chains, Path(tempfile.mkdtemp()))
+    runs = []
+    for _ in range(args.repeats):  # alternate, so a noisy neighbour hurts both sides alike
+        hand = in_fresh_process(run_hand_loop, chains)
+        ours = in_fresh_process(run_cotprune, chains, args.batch_tokens)
+        runs.append((hand, ours))
+    hand_s = min(h["seconds"] for h, _ in runs)
+    ours_s = min(o["seconds"] for _, o in runs)
+    hand, ours = runs[-1]
+    result = {
+        "chains": args.chains, "tokens": ours["tokens"], "batch_tokens": args.batch_tokens,
+        "torch_threads": int(os.environ.get("OMP_NUM_THREADS", 0)) or "default",
+        "hand_loop_s": round(hand_s, 2), "cotprune_s": round(ours_s, 2),
+        "speedup": round(hand_s / ours_s, 2),
+        "hand_loop_tok_per_s": round(hand["tokens"] / hand_s, 1),
+        "cotprune_tok_per_s": round(ours["tokens"] / ours_s, 1),
+        "hand_loop_peak_rss_mib": round(hand["rss_peak_mib"]),
+        "cotprune_peak_rss_mib": round(ours["rss_peak_mib"]),
+        "hand_loop_rss_growth_mib": round(hand["rss_peak_mib"] - hand["rss_start_mib"]),
+        "cotprune_rss_growth_mib": round(ours["rss_peak_mib"] - ours["rss_start_mib"]),
+        "max_abs_diff": max_differences(hand["scores"], ours["scores"]),
+        "all_seconds": [[round(h["seconds"], 2), round(o["seconds"], 2)] for h, o in runs],
+    }
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
