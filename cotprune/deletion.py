@@ -33,6 +33,11 @@ class ChainState:
     cot: list[int]
     answer: list[int]
 
+    @staticmethod
+    def from_layout(layout) -> ChainState:
+        return ChainState(layout.input_ids[:layout.cot_start], layout.cot_ids,
+                          layout.input_ids[layout.answer_start:layout.answer_end])
+
     @property
     def ids(self) -> list[int]:
         return [*self.prompt, *self.cot, *self.answer]
@@ -158,3 +163,8 @@ class DeletionScorer:
             for r, k in enumerate(group):
                 out[k] = prefix + float(suffix[r])
         return base_j, out
+
+    def loo_scores(self, state: ChainState) -> list[float]:
+        """loo[t] = J(chain without CoT token t) - J(chain), for every CoT token."""
+        base_j, js = self.candidate_objectives(state)
+        return [js[k] - base_j for k in range(len(state.cot))]

@@ -262,7 +262,7 @@ class StageOutput:
         if self.partial.exists() and not resume:
             raise InputError(f"{self.partial} holds rows of an interrupted run: pass --resume to "
                              "continue it, or delete it to start again", file=str(out))
-        self.partial.mkdir(parents=True, exist_ok=True)
+        # Created on the first write, so a run that fails before any row leaves nothing behind.
         self._chunks = sorted(self.partial.glob("chunk-*.parquet"))
 
     @property
@@ -274,6 +274,7 @@ class StageOutput:
 
     def state_path(self, name: str) -> Path:
         """A file in the partial directory where a stage can keep mid-row state (e.g. greedy)."""
+        self.partial.mkdir(parents=True, exist_ok=True)
         return self.partial / name
 
     def write(self, rows: list[dict], order: list[int]) -> None:
@@ -283,6 +284,7 @@ class StageOutput:
         table = pa.Table.from_pylist(
             [{**r, ORDER_COLUMN: o} for r, o in zip(rows, order, strict=True)],
             schema=self._chunk_schema)
+        self.partial.mkdir(parents=True, exist_ok=True)
         chunk = self.partial / f"chunk-{len(self._chunks):06d}.parquet"
         write_table(table, chunk)
         self._chunks.append(chunk)

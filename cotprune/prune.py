@@ -25,6 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from cotprune.console import Progress, log
+from cotprune.deletion import ChainState, DeletionScorer
 from cotprune.engine import check_objective, sequence_objectives
 from cotprune.errors import InputError
 from cotprune.files import (LAYOUT_FIELDS, Shard, StageOutput, extend_schema,
@@ -112,20 +113,11 @@ def static_scores(method: str, model, tokenizer, layout: Layout, opts: PruneOpti
                   scorer) -> list[float]:
     """Per-CoT-token scores whose ascending order is the deletion order."""
     if method == "loo":
-        base_j, js = scorer.candidate_objectives(_state(layout))
-        return [js[k] - base_j for k in range(len(layout.cot_ids))]
-    from cotprune.score import score_layouts
+        return scorer.loo_scores(ChainState.from_layout(layout))
+    from cotprune.score import score_batch
 
-    column = {"surprisal": "surprisal", "entropy": "entropy", "attention": "attention"}[method]
-    return score_layouts(model, tokenizer, [layout], [column],
-                         batch_tokens=opts.batch_tokens)[0][column]
-
-
-def _state(layout: Layout):
-    from cotprune.deletion import ChainState
-
-    return ChainState(layout.input_ids[:layout.cot_start], layout.cot_ids,
-                      layout.input_ids[layout.answer_start:layout.answer_end])
+    return score_batch(model, tokenizer, [layout], [method],
+                       batch_tokens=opts.batch_tokens)[0][method]
 
 
 # --- the stage -------------------------------------------------------------------------------
@@ -186,8 +178,6 @@ def pruned_rows(chain: dict, layout: Layout, order: list[int], opts: PruneOption
 def run_prune(chains_path: Path, out: Path, model_opts: ModelOptions, opts: PruneOptions, *,
               shard: Shard = Shard(), resume: bool = False, limit: int | None = None) -> dict:
     """The `prune` recipe: read, lay out, order, cut at each ratio, write. Returns the summary."""
-    from cotprune.deletion import DeletionScorer
-
     table = read_table(chains_path)
     validate_chains(table, str(chains_path))
     if limit is not None:

@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
 
     setup_logging()
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode typer returns an exit code (130 after Ctrl-C) instead of exiting.
+        result = app(args=argv, standalone_mode=False)
     except InputError as e:
         print(f"cotprune: error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -52,4 +53,6 @@ def main(argv: list[str] | None = None) -> None:
     except Exception:
         log.exception("cotprune: failed")
         sys.exit(1)
-    sys.exit(0)
+    if result == 130:
+        print("cotprune: interrupted", file=sys.stderr)
+    sys.exit(result if isinstance(result, int) else 0)

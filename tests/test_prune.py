@@ -1,0 +1,136 @@
+import math
+
+import pyarrow as pa
+import pytest
+
+from conftest import run_cli, summary_of
+from cotprune.files import CHAIN_SCHEMA, read_table, write_table
+from cotprune.layout import decode
+from cotprune.models import load_tokenizer
+
+STATIC = ["surprisal", "entropy", "attention", "loo", "random"]
+
+
+@pytest.fixture
+def short_chains(tmp_path):
+    rows = [
+        {"id": "a", "question": "What is 3+4?", "cot": "We add 3 and 4 to get 7, so seven.",
+         "answer": "7", "reference": "7", "extra": 1},
+        {"id": "b", "question": "Tom has 5 pens and buys 2.", "cot": "He had 5. He buys 2, so "
+         "5 + 2 = 7 pens now.", "answer": "7", "reference": "7", "extra": 2},
+        {"id": "c", "question": "Half of 12?", "cot": "12 / 2 = 6. Check: 6 * 2 = 12.",
+         "answer": "6", "reference": None, "extra": 3},
+    ]
+    schema = CHAIN_SCHEMA.append(pa.field("extra", pa.int64()))
+    path = tmp_path / "chains.parquet"
+    write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+def prune(chains, out, model, *extra):
+    code, stdout, stderr = run_cli("prune", chains, "-o", out, "--model", model,
+                                   "--device", "cpu", *extra)
+    assert code == 0, stderr
+    return summary_of(stdout), read_table(out).to_pylist()
+
+
+def test_greedy_rows_are_consistent(short_chains, tmp_path, tiny_gpt2_model):
+    summary, rows = prune(short_chains, tmp_path / "g.parquet", tiny_gpt2_model,
+                          "--keep", "0.9,0.7,0.5")
+    assert summary["rows"] == len(rows) == 9
+    tok = load_tokenizer(str(tiny_gpt2_model))
+    for r in rows:
+        n = r["original_tokens"]
+        cot_ids = r["input_ids"][r["cot_start"]:r["cot_end"]]
+        assert n == len(cot_ids)
+        assert r["kept_tokens"] == math.floor(r["keep_ratio"] * n + 1e-9) == len(r["kept_positions"])
+        gone = set(r["prune_order"][:n - r["kept_tokens"]])
+        assert r["kept_positions"] == [i for i in range(n) if i not in gone]
+        assert len(r["objective_trace"]) == n - math.floor(0.5 * n + 1e-9)
+        if r["kept_tokens"] < n:
+            assert r["objective_nll"] == pytest.approx(
+                r["objective_trace"][n - r["kept_tokens"] - 1], abs=1e-3)
+        assert r["cot"] == decode(tok, [cot_ids[i] for i in r["kept_positions"]])
+        assert r["extra"] in (1, 2, 3) and r["method"] == "greedy"  # pass-through
+
+
+def test_static_methods_keep_matched_counts_and_greedy_is_never_worse(short_chains, tmp_path,
+                                                                       tiny_gpt2_model):
+    _, greedy = prune(short_chains, tmp_path / "g.parquet", tiny_gpt2_model, "--keep", "0.7,0.5")
+    best = {(r["id"], r["keep_ratio"]): r["objective_nll"] for r in greedy}
+    for method in STATIC:
+        _, rows = prune(short_chains, tmp_path / f"{method}.parquet", tiny_gpt2_model,
+                        "--keep", "0.7,0.5", "--method", method)
+        for r in rows:
+            assert r["kept_tokens"] == math.floor(r["keep_ratio"] * r["original_tokens"] + 1e-9)
+            assert len(r["kept_positions"]) == r["kept_tokens"]
+            assert r["prune_order"] is None and r["method"] == method
+            assert best[(r["id"], r["keep_ratio"])] <= r["objective_nll"] + 1e-4, method
+
+
+def test_protect_digits_keeps_every_digit_token(short_chains, tmp_path, tiny_gpt2_model):
+    _, rows = prune(short_chains, tmp_path / "p.parquet", tiny_gpt2_model, "--keep", "0.3",
+                    "--protect", "digits", "--method", "surprisal")
+    tok = load_tokenizer(str(tiny_gpt2_model))
+    for r in rows:
+        cot_ids = r["input_ids"][r["cot_start"]:r["cot_end"]]
+        digits = {i for i, t in enumerate(cot_ids) if any(c.isdigit() for c in decode(tok, [t]))}
+        assert digits and digits <= set(r["kept_positions"])
+
+
+def test_killed_greedy_run_resumes_to_the_same_result(short_chains, tmp_path, tiny_gpt2_model,
+                                                      monkeypatch):
+    _, expected = prune(short_chains, tmp_path / "full.parquet", tiny_gpt2_model, "--keep", "0.5")
+    import cotprune.prune as prune_module
+
+    real = prune_module.GreedyCheckpoint.save
+    calls = {"n": 0}
+
+    def dying_save(self, traj):  # die in the middle of the second chain
+        real(self, traj)
+        calls["n"] += 1
+        if self.chain_id == "b" and len(traj.order) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(prune_module.GreedyCheckpoint, "save", dying_save)
+    out = tmp_path / "resumed.parquet"
+    code, _, _ = run_cli("prune", short_chains, "-o", out, "--model", tiny_gpt2_model,
+                         "--device", "cpu", "--keep", "0.5")
+    assert code == 130 and not out.exists()
+    assert (tmp_path / "resumed.parquet.partial" / "greedy-b.json").exists()
+    code, _, stderr = run_cli("prune", short_chains, "-o", out, "--model", tiny_gpt2_model,
+                              "--device", "cpu", "--keep", "0.5")
+    assert code == 2 and "--resume" in stderr  # a leftover run is never thrown away silently
+    monkeypatch.setattr(prune_module.GreedyCheckpoint, "save", real)
+    _, rows = prune(short_chains, out, tiny_gpt2_model, "--keep", "0.5", "--resume")
+    assert [r["prune_order"] for r in rows] == [r["prune_order"] for r in expected]
+    assert [r["objective_nll"] for r in rows] == pytest.approx(
+        [r["objective_nll"] for r in expected], abs=1e-4)
+
+
+def test_two_shards_equal_one_process(short_chains, tmp_path, tiny_gpt2_model):
+    _, single = prune(short_chains, tmp_path / "one.parquet", tiny_gpt2_model, "--keep", "0.5",
+                      "--method", "loo")
+    for i in range(2):
+        prune(short_chains, tmp_path / "two", tiny_gpt2_model, "--keep", "0.5", "--method",
+              "loo", "--shard", f"{i}/2")
+    both = read_table(tmp_path / "two").to_pylist()
+    assert [r["id"] for r in both] == [r["id"] for r in single]
+    assert [r["kept_positions"] for r in both] == [r["kept_positions"] for r in single]
+
+
+@pytest.mark.parametrize("args", [["--keep", "1.5"], ["--keep", "abc"], ["--method", "magic"],
+                                  ["--objective", "everything"], ["--protect", "(["],
+                                  ["--method", "predicted"]])
+def test_bad_options_exit_2_and_write_nothing(short_chains, tmp_path, args):
+    out = tmp_path / "bad.parquet"
+    code, _, stderr = run_cli("prune", short_chains, "-o", out, "--model", "/no/such/model", *args)
+    assert code == 2, stderr
+    assert not out.exists() and not (tmp_path / "bad.parquet.partial").exists()
+
+
+def test_missing_model_exits_2(short_chains, tmp_path):
+    out = tmp_path / "bad.parquet"
+    code, _, stderr = run_cli("prune", short_chains, "-o", out, "--model", "/no/such/model")
+    assert code == 2 and "/no/such/model" in stderr
+    assert not out.exists() and not (tmp_path / "bad.parquet.partial").exists()
