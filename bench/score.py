@@ -106,7 +106,7 @@ def max_differences(a: dict, b: dict) -> dict:
         for cid in a:
             x, y = a[cid][s], b[cid][s]
             assert len(x) == len(y), f"{cid}: {s} lengths differ"
-            worst = max([worst, *(abs(p - q) for p, q in zip(x, y))])
+            worst = max([worst, *(abs(p - q) for p, q in zip(x, y, strict=True))])
         out[s] = worst
     return out
 
@@ -135,16 +135,19 @@ def main() -> None:
     resolve_model_path("smollm2-135m")  # convert the default model once, outside the timings
     chains = write_chains(args.chains, Path(tempfile.mkdtemp()))
     runs = []
-    for _ in range(args.repeats):  # alternate, so a noisy neighbour hurts both sides alike
-        hand = in_fresh_process(run_hand_loop, chains)
-        ours = in_fresh_process(run_cotprune, chains, args.batch_tokens)
+    for i in range(args.repeats):  # alternate the order, so noisy neighbours hurt both alike
+        if i % 2 == 0:
+            hand = in_fresh_process(run_hand_loop, chains)
+            ours = in_fresh_process(run_cotprune, chains, args.batch_tokens)
+        else:
+            ours = in_fresh_process(run_cotprune, chains, args.batch_tokens)
+            hand = in_fresh_process(run_hand_loop, chains)
         runs.append((hand, ours))
     hand_s = min(h["seconds"] for h, _ in runs)
     ours_s = min(o["seconds"] for _, o in runs)
     hand, ours = runs[-1]
     result = {
         "chains": args.chains, "tokens": ours["tokens"], "batch_tokens": args.batch_tokens,
-        "torch_threads": int(os.environ.get("OMP_NUM_THREADS", 0)) or "default",
         "hand_loop_s": round(hand_s, 2), "cotprune_s": round(ours_s, 2),
         "speedup": round(hand_s / ours_s, 2),
         "hand_loop_tok_per_s": round(hand["tokens"] / hand_s, 1),
@@ -154,6 +157,7 @@ def main() -> None:
         "hand_loop_rss_growth_mib": round(hand["rss_peak_mib"] - hand["rss_start_mib"]),
         "cotprune_rss_growth_mib": round(ours["rss_peak_mib"] - ours["rss_start_mib"]),
         "max_abs_diff": max_differences(hand["scores"], ours["scores"]),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         "all_seconds": [[round(h["seconds"], 2), round(o["seconds"], 2)] for h, o in runs],
     }
     print(json.dumps(result, indent=1))

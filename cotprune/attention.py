@@ -81,7 +81,8 @@ def later_query_mean(col_sums: torch.Tensor, n: int) -> torch.Tensor:
 # --- one layer, one chain ------------------------------------------------------------------------
 
 def layer_rows(q: torch.Tensor, k: torch.Tensor, layout: Layout, *, scaling: float, n_rep: int,
-               sliding_window: int | None, later_cot: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+               sliding_window: int | None, later_cot: bool,
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(answer attention [cot_len], later-CoT attention [cot_len] or None) for one layer.
 
     q [heads, n, d] and k [kv_heads, n, d] are post-rotary states of one unpadded chain (n may

@@ -221,8 +221,7 @@ def lay_out_rows(rows: list[dict], tokenizer, limit: int | None, *, strict: bool
 def run_score(chains: str | Path, out: str | Path, opts: ScoreOptions, model_opts, *,
               shard_spec: str | None = None, resume: bool = False, seed: int = 0) -> dict:
     """The `score` stage; returns the summary dict (chains, skipped, tokens, seconds, rate)."""
-    from cotprune.files import (Shard, StageOutput, make_manifest, read_table,
-                                validate_chains)
+    from cotprune.files import Shard, StageOutput, make_manifest, read_table, validate_chains
     from cotprune.layout import token_texts
     from cotprune.models import load_model
 

@@ -108,7 +108,8 @@ def keep_label_index(id2label: dict) -> int:
             return i
     if len(labels) == 2:
         return 1
-    raise InputError(f"--significance-model: cannot tell which of the labels {sorted(labels.values())}"
+    names = sorted(labels.values())
+    raise InputError(f"--significance-model: cannot tell which of the labels {names}"
                      " means keep (expected one named 'keep', or two labels with keep = 1)")
 
 
@@ -125,7 +126,8 @@ class SignificanceModel:
                                                      or path.count("/") > 1):
             raise InputError("--significance-model: directory does not exist", file=path)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                path, trust_remote_code=trust_remote_code)
             self.model = AutoModelForTokenClassification.from_pretrained(
                 path, trust_remote_code=trust_remote_code).to(device).eval()
         except (OSError, ValueError) as e:

@@ -3,11 +3,18 @@
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest import run_cli, summary_of
+
 from cotprune.errors import InputError
-from cotprune.significance import (SignificanceModel, char_owners, chunk_words, keep_label_index,
-                                   map_words_to_tokens, token_char_spans, word_spans)
+from cotprune.significance import (
+    SignificanceModel,
+    char_owners,
+    chunk_words,
+    keep_label_index,
+    map_words_to_tokens,
+    token_char_spans,
+    word_spans,
+)
 
 WORDS = ["first", "we", "add", "the", "numbers", "then", "total", "is", "so", "answer", "step",
          "one", "two", "three", "plus", "times", "what"]
@@ -27,7 +34,8 @@ def tiny_classifier(tmp_path_factory):
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
-                        num_labels=2, id2label={0: "drop", 1: "keep"}, label2id={"drop": 0, "keep": 1})
+                        num_labels=2, id2label={0: "drop", 1: "keep"},
+                        label2id={"drop": 0, "keep": 1})
     model = BertForTokenClassification(config)
     with torch.no_grad():
         for p in model.parameters():
@@ -71,7 +79,7 @@ def test_word_probs_match_a_single_unchunked_call(tiny_classifier):
     sig = SignificanceModel(str(tiny_classifier), torch.device("cpu"))
     texts = ["First we add the numbers: 12 + 35 = 47.", "So the answer is 47!\n\nWhat then?"]
     got = sig.word_probs(texts)
-    for text, probs in zip(texts, got):
+    for text, probs in zip(texts, got, strict=False):
         ref = reference_word_probs(tiny_classifier, text)
         assert probs == pytest.approx(ref, abs=1e-6)
         assert max(probs) - min(probs) > 1e-3
@@ -101,7 +109,7 @@ def test_token_scores_follow_character_offsets(tiny_classifier, gpt2_tokenizer, 
     slow = token_char_spans(type("T", (), {"decode": gpt2_tokenizer.decode})(), text,
                             gpt2_tokenizer(text)["input_ids"])
     assert slow[0][0] == 0 and slow[-1][1] == len(text)
-    assert all(a[1] == b[0] for a, b in zip(slow, slow[1:]))
+    assert all(a[1] == b[0] for a, b in zip(slow, slow[1:], strict=False))
 
 
 def test_pure_mapping_helpers():

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from cotprune.cli import app
-from cotprune.cli.options import (Adapter, BatchTokens, Config, Device, Dtype, Limit, Model,
-                                  Output, Resume, Seed, ShardSpec, TrustRemoteCode, parse_list)
+from cotprune.cli.options import (
+    Adapter,
+    BatchTokens,
+    Config,
+    Device,
+    Dtype,
+    Limit,
+    Model,
+    Output,
+    Resume,
+    Seed,
+    ShardSpec,
+    TrustRemoteCode,
+    parse_list,
+)
 from cotprune.models import DEFAULT_MODEL
 
 
@@ -23,10 +36,10 @@ def score_cmd(
     objective: Annotated[str, typer.Option(
         "--objective", help="loo: reason-answer|answer (SPEC 'the pruning objective J').")
     ] = "reason-answer",
-    significance_model: Annotated[Optional[str], typer.Option(
+    significance_model: Annotated[str | None, typer.Option(
         "--significance-model", help="Token-classification checkpoint (LLMLingua-2 kind).")
     ] = None,
-    max_length: Annotated[Optional[int], typer.Option(
+    max_length: Annotated[int | None, typer.Option(
         "--max-length", min=1, help="Skip chains longer than this many tokens.")] = None,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Fail instead of skipping chains that are too long.")] = False,
