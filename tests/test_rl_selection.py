@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from cotprune.rl.loss import aggregate
-from cotprune.rl.selection import (entropy_mask, entropy_topk_mask, nat_rpc, nat_urs,
-                                   rpc_inclusion, sorted_quantile, valid_mask)
+from cotprune.rl.selection import (
+    entropy_mask,
+    entropy_topk_mask,
+    nat_rpc,
+    nat_urs,
+    rpc_inclusion,
+    sorted_quantile,
+    valid_mask,
+)
 
 LENGTHS = [5, 12, 30, 1]
 

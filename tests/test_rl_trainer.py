@@ -10,8 +10,8 @@ import json
 import pyarrow as pa
 import pytest
 import torch
-
 from conftest import run_cli, summary_of
+
 from cotprune.files import CHAIN_SCHEMA, write_table
 from cotprune.rl.update import PolicyPair, Sample, UpdateConfig, policy_update
 from cotprune.synth import synth_arithmetic
@@ -195,11 +195,11 @@ def test_default_model_runs_every_reward_and_selection(default_model_cache, tmp_
         out = tmp_path / f"run{k}"
         code, stdout, err = run_cli("rl", prompts, "-o", out, "--max-steps", "1",
                                     "--prompts-per-step", "1", "--num-generations", "2",
-                                    "--max-new-tokens", "16", "--temperature", "0.8", *extra)
+                                    "--max-new-tokens", "8", "--temperature", "0.8", *extra)
         assert code == 0, err[-2000:]
         metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         assert len(metrics) == 1 and summary_of(stdout)["steps"] == 1
         m = metrics[0]
-        assert 0 < m["mean_length"] <= 16 and m["tokens_trained"] > 0
+        assert 0 < m["mean_length"] <= 8 and m["tokens_trained"] > 0
         for key in ("reward_mean", "accuracy", "step_time_s", "peak_memory_mb"):
             assert key in m

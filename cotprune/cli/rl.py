@@ -8,8 +8,18 @@ from typing import Annotated, Optional
 import typer
 
 from cotprune.cli import app
-from cotprune.cli.options import (Adapter, BatchTokens, Config, Device, Dtype, Limit, Model,
-                                  Resume, Seed, TrustRemoteCode)
+from cotprune.cli.options import (
+    Adapter,
+    BatchTokens,
+    Config,
+    Device,
+    Dtype,
+    Limit,
+    Model,
+    Resume,
+    Seed,
+    TrustRemoteCode,
+)
 
 
 def _opt(*names: str, help: str, **kw):

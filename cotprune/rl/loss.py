@@ -21,7 +21,7 @@ LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """The k3 estimator of KL(pi || pi_ref) per token (as GRPO / TRL): e^d - d - 1, d = ref - logp."""
+    """k3 estimator of KL(pi || pi_ref) per token (as GRPO / TRL): e^d - d - 1, d = ref - logp."""
     d = ref_logp - logp
     return torch.exp(d) - d - 1.0
 

@@ -54,7 +54,8 @@ def rpc_inclusion(length: int, a: float) -> torch.Tensor:
 def _rpc_pi(lens: torch.Tensor, a: float, width: int) -> torch.Tensor:
     lo = torch.ceil(a * lens)[:, None]
     t = torch.arange(1, width + 1, dtype=torch.float64)[None, :]
-    return ((lens[:, None] - torch.maximum(t, lo) + 1) / (lens[:, None] - lo + 1)).clamp(1e-12, 1.0)
+    pi = (lens[:, None] - torch.maximum(t, lo) + 1) / (lens[:, None] - lo + 1)
+    return pi.clamp(1e-12, 1.0)
 
 
 def nat_rpc(lengths: Sequence[int], a: float = 0.0, generator: torch.Generator | None = None
@@ -104,7 +105,7 @@ def entropy_threshold(entropy: torch.Tensor, valid: torch.Tensor, rho: float) ->
 
 
 def entropy_mask(entropy: torch.Tensor, valid: torch.Tensor, rho: float = 0.2) -> torch.Tensor:
-    """Keep valid tokens whose entropy reaches the (1 - rho) quantile of all valid tokens in scope."""
+    """Keep the valid tokens whose entropy reaches the (1 - rho) quantile of those in scope."""
     if not 0 < rho <= 1:
         raise ValueError("rho must be in (0, 1]")
     threshold = entropy_threshold(entropy, valid, rho).to(entropy.device)

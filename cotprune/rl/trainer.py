@@ -28,10 +28,20 @@ from cotprune.errors import InputError
 from cotprune.files import make_manifest, read_table, validate_chains
 from cotprune.models import ModelOptions
 from cotprune.rl import rewards as R
-from cotprune.rl.rollout import (Rollout, check_significance, grade, sample_responses,
-                                 surprisal_counts)
-from cotprune.rl.update import (PolicyPair, Sample, UpdateConfig, batched_logprobs, global_sum,
-                                policy_update)
+from cotprune.rl.rollout import (
+    Rollout,
+    check_significance,
+    grade,
+    sample_responses,
+    surprisal_counts,
+)
+from cotprune.rl.update import (
+    PolicyPair,
+    Sample,
+    UpdateConfig,
+    batched_logprobs,
+    policy_update,
+)
 
 REWARDS = ("accuracy", "length", "bingo")
 
@@ -111,7 +121,7 @@ def load_prompts(opts: RLOptions) -> list[dict]:
 
 
 def build_policy(model_opts: ModelOptions, opts: RLOptions, rank: int, world: int):
-    """(PolicyPair, tokenizer): LoRA on the initial policy by default, full fine-tuning with --full."""
+    """(PolicyPair, tokenizer): LoRA on the initial policy, or full fine-tuning with --full."""
     import copy
 
     from cotprune.models import attach_adapter, load_model
