@@ -2,17 +2,22 @@
 
 Deleting the CoT token at sequence position q leaves everything before q unchanged: the keys and
 values of positions < q and the NLL terms of targets < q are those of the undeleted sequence. So
-each candidate only recomputes its suffix, on top of the cached prefix:
+each candidate only recomputes its suffix, on top of a cached prefix:
 
-    sequence S (length L), candidate k at position q = cot_start + k, S_k = S without q.
-    A group of candidates k >= a shares the prefix S[:g-1] (g = cot_start + a) as a KV cache and
-    runs S_k[g-1 : L-2] as input: every row of the group has the same length, so the group is
-    one batched forward. Row j of the output predicts S_k[g + j].
-    J(S_k) = sum(base NLL of targets in [start, g)) + sum(NLL from the group's rows).
+    sequence S (length L), prompt length p, candidate k at position q = p + k, S_k = S without q.
+    A group of candidates k >= a shares the prefix S[:g-1] (g = p + a) as a KV cache and runs
+    S_k[g-1 : L-1] as input: every row has the same length L - g, so the group is one batched
+    forward. Row j of the output predicts S_k[g + j].
+    J(S_k) = sum(NLL of S's targets in [start, g)) + sum(NLL from the row).
 
-`DeletionScorer.candidate_objectives` returns J(S_k) for the requested candidates; greedy pruning
-calls it once per step, and the `loo` scorer once per chain. The plain reference (a full forward
-per candidate, as the published code does) lives in the tests and in bench/greedy.py.
+The first group always starts at the CoT (g = p), sits on the prompt's KV (computed once per
+chain, never again) and carries one extra row: S itself. That row gives J(S), the NLL of every
+target of S and the KV of all of S, which the later groups (long chains that do not fit one
+batch) slice their prefixes from. So one greedy step is usually exactly one batched forward.
+
+`DeletionScorer.candidate_objectives` returns J(S) and J(S_k) for the requested candidates;
+greedy pruning calls it once per step, the `loo` scorer once per chain. The plain reference (a
+full forward per candidate, as the published code does) lives in the tests and bench/greedy.py.
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ from dataclasses import dataclass
 import torch
 
 from cotprune.engine import decoder_and_head, logprob_entropy
+
+# A group's later members recompute tokens the first member also recomputes. On a CPU a forward
+# costs about as much for 30 tokens as for 120 (weights stream from memory each time), so fewer,
+# fuller forwards win: a member may waste up to MAX_WASTE x its row before a new group starts.
+MAX_WASTE = 1.0
 
 
 @dataclass
@@ -51,22 +61,22 @@ class ChainState:
 
 def group_candidates(candidates: Sequence[int], cot_start: int, length: int,
                      batch_tokens: int) -> list[list[int]]:
-    """Split sorted CoT candidate indices into groups that share a prefix.
+    """Split CoT candidate indices into groups that share a prefix; the first starts at 0.
 
-    A group starting at candidate a recomputes (length - cot_start - a) tokens per row; a later
-    member k wastes (k - a) of them, so a group stops when that waste would pass a quarter of the
-    row, or when rows x (prefix + row) would pass the token budget.
+    A group starting at candidate a (the first group: a = 0) runs rows of (length - cot_start -
+    a) tokens, one per member plus, in the first group, the undeleted chain. A member k wastes
+    (k - a) of its row; a new group starts when that passes MAX_WASTE x the row, or when rows x
+    length would pass the token budget.
     """
-    groups: list[list[int]] = []
+    groups: list[list[int]] = [[]]
+    start = 0
     for k in sorted(candidates):
-        if groups:
-            a = groups[-1][0]
-            row = length - cot_start - a
-            fits = (len(groups[-1]) + 1) * length <= batch_tokens
-            if fits and (k - a) * 4 <= row:
-                groups[-1].append(k)
-                continue
-        groups.append([k])
+        rows = len(groups[-1]) + (2 if len(groups) == 1 else 1)
+        row = length - cot_start - start
+        if rows * length > batch_tokens and groups[-1] or (k - start) > MAX_WASTE * row:
+            groups.append([])
+            start = k
+        groups[-1].append(k)
     return groups
 
 
@@ -106,63 +116,61 @@ class DeletionScorer:
             self._prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]
         return self._prompt_kv
 
-    @torch.no_grad()
-    def base_pass(self, state: ChainState):
-        """NLL of every target from the CoT on (0 before) and the KV of the whole sequence.
-
-        Runs only S[p-1:] on top of the cached prompt.
-        """
-        p = len(state.prompt)
-        ids = torch.tensor([state.ids[p - 1:]], device=self.device)
-        hidden, cache = self._run(ids, self.prompt_cache(state.prompt), p - 1)
-        logp, _ = logprob_entropy(hidden[0, :-1], self.head, ids[0, 1:], with_entropy=False)
-        nll = torch.zeros(p + ids.shape[1] - 1, dtype=torch.float64, device=self.device)
-        nll[p:] = -logp.double()
-        kv = [(layer.keys, layer.values) for layer in cache.layers]
-        return nll, kv
-
-    def chain_objective(self, state: ChainState, base) -> float:
-        """J of the current chain from its base pass."""
-        return float(base[0][state.objective_start(self.objective):].sum())
+    def _row_nll(self, hidden: torch.Tensor, rows: torch.Tensor, g: int, first: int,
+                 last: int) -> torch.Tensor:
+        """Summed NLL per row of targets at positions [first, last), rows starting at g - 1."""
+        n = last - first
+        if n <= 0:
+            return torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
+        h = hidden[:, first - g:first - g + n]
+        targets = rows[:, first - g + 1:first - g + 1 + n]
+        logp, _ = logprob_entropy(h.reshape(-1, h.shape[-1]), self.head, targets.reshape(-1),
+                                  with_entropy=False)
+        return -logp.double().view(rows.shape[0], n).sum(1)
 
     @torch.no_grad()
     def candidate_objectives(self, state: ChainState, candidates: Sequence[int] | None = None,
-                             base=None) -> tuple[float, dict[int, float]]:
+                             ) -> tuple[float, dict[int, float]]:
         """(J of the current chain, {k: J with CoT token k deleted}) for the candidates."""
-        nll, kv = base if base is not None else self.base_pass(state)
         p, m = len(state.prompt), len(state.cot)
         length = p + m + len(state.answer)
         start = state.objective_start(self.objective)
-        base_j = self.chain_objective(state, (nll, kv))
-        cum = torch.cumsum(nll, 0)  # cum[t] = sum of nll[0..t]
-        candidates = range(m) if candidates is None else candidates
+        start_k = start if self.objective == "reason-answer" else start - 1  # in S_k
         full = torch.tensor(state.ids, device=self.device)
+        candidates = range(m) if candidates is None else candidates
         out: dict[int, float] = {}
-        for group in group_candidates(candidates, p, length, self.batch_tokens):
-            g = p + group[0]
-            # Each row: S_k[g-1 : L-2], i.e. S[g-1 : L-1] without position q = p + k.
-            rows = []
-            for k in group:
-                q = p + k
-                rows.append(torch.cat([full[g - 1:q], full[q + 1:length]]))
-            ids = torch.stack(rows)[:, :-1]
-            past = [(key[:, :, :g - 1].expand(len(group), -1, -1, -1),
-                     val[:, :, :g - 1].expand(len(group), -1, -1, -1)) for key, val in kv]
-            hidden, _ = self._run(ids, past, g - 1)
-            # Targets of row j: S_k[g + j]; J counts target positions t' >= start' where the
-            # objective start shifts by one for the answer objective (one CoT token fewer).
-            start_k = start if self.objective == "reason-answer" else start - 1
-            first = max(start_k, g)  # first target position computed by this group
-            n_rows = (length - 1) - first  # targets first .. L-2 (S_k has length L-1)
-            targets = torch.stack(rows)[:, first - g + 1:]
-            h = hidden[:, first - g:first - g + n_rows]
-            logp, _ = logprob_entropy(h.reshape(-1, h.shape[-1]), self.head,
-                                      targets.reshape(-1), with_entropy=False)
-            suffix = -logp.double().view(len(group), n_rows).sum(1)
+        base_j, cum, kv = 0.0, None, None
+        for gi, group in enumerate(group_candidates(candidates, p, length, self.batch_tokens)):
+            g = p if gi == 0 else p + group[0]
+            rows = [torch.cat([full[g - 1:p + k], full[p + k + 1:]]) for k in group]
+            if gi == 0:
+                rows.insert(0, full[p - 1:length - 1])  # S itself: same length as the others
+                past = self.prompt_cache(state.prompt)
+            else:
+                past = [(key[:, :, :g - 1], val[:, :, :g - 1]) for key, val in kv]
+            ids = torch.stack(rows)
+            past = [(key.expand(len(rows), -1, -1, -1), val.expand(len(rows), -1, -1, -1))
+                    for key, val in past]
+            hidden, cache = self._run(ids, past, g - 1)
+            if gi == 0:
+                base = hidden[:1]
+                logp, _ = logprob_entropy(base[0], self.head, full[p:], with_entropy=False)
+                nll = torch.zeros(length, dtype=torch.float64, device=self.device)
+                nll[p:] = -logp.double()
+                base_j = float(nll[start:].sum())
+                cum = torch.cumsum(nll, 0)  # cum[t] = sum of nll[0..t]
+                kv = [(layer.keys[:1], layer.values[:1]) for layer in cache.layers]
+                hidden, ids = hidden[1:], ids[1:]
+            first = max(start_k, g)  # targets before `first` are S's, already known
             prefix = float(cum[first - 1] - cum[start_k - 1]) if first > start_k else 0.0
+            suffix = self._row_nll(hidden, ids, g, first, length - 1)
             for r, k in enumerate(group):
                 out[k] = prefix + float(suffix[r])
         return base_j, out
+
+    def chain_objective(self, state: ChainState) -> float:
+        """J of the current chain (the first group with no candidates)."""
+        return self.candidate_objectives(state, [])[0]
 
     def loo_scores(self, state: ChainState) -> list[float]:
         """loo[t] = J(chain without CoT token t) - J(chain), for every CoT token."""

@@ -76,18 +76,16 @@ def greedy_prune(scorer: DeletionScorer, prompt: list[int], cot: list[int], answ
     step = 0
     while len(traj.order) < deletions:
         state = ChainState(prompt, [cot[i] for i in positions], answer)
-        base = scorer.base_pass(state)
-        base_j = scorer.chain_objective(state, base)
-        for t in pending:
-            traj.trace[t] = base_j
-        pending = []
         allowed = [k for k, i in enumerate(positions) if i not in protected]
-        if not allowed:
-            break
         full = opts.shortlist is None or step % opts.refresh_every == 0 or not estimates
         candidates = allowed if full else _shortlist(estimates, positions, allowed, last_at,
                                                      opts.shortlist)
-        _, js = scorer.candidate_objectives(state, candidates, base)
+        base_j, js = scorer.candidate_objectives(state, candidates)
+        for t in pending:
+            traj.trace[t] = base_j
+        pending = []
+        if not allowed:
+            break
         for k, j in js.items():
             estimates[positions[k]] = j - base_j
         take = min(opts.per_step, deletions - len(traj.order))
@@ -105,7 +103,7 @@ def greedy_prune(scorer: DeletionScorer, prompt: list[int], cot: list[int], answ
             on_step(traj)
     if pending:
         state = ChainState(prompt, [cot[i] for i in positions], answer)
-        base_j = scorer.chain_objective(state, scorer.base_pass(state))
+        base_j = scorer.chain_objective(state)
         for t in pending:
             traj.trace[t] = base_j
         if on_step is not None:

@@ -1,0 +1,139 @@
+"""Greedy pruning: cotprune's exact and approximate modes against the published algorithm.
+
+The baseline is the published algorithm: at every step, every candidate deletion is scored as a
+full new sequence (full forward, full logits, log-softmax), with the candidates of one step
+batched together. Exact mode must pick the same deletions; the fast modes report their J gap.
+
+    .venv/bin/python bench/greedy.py --chains 3 --max-cot 40 --keep 0.5
+
+Real GSM8K chains (../shared/data/gsm8k/train.jsonl, calculator annotations removed) with the
+default model, chosen as the first chains whose CoT has at most --max-cot tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+
+
+@torch.no_grad()
+def published_greedy(model, prompt, cot, answer, deletions, batch_tokens):
+    """Full recompute of every candidate at every step, candidates batched per step."""
+    positions = list(range(len(cot)))
+    order, trace = [], []
+    for _ in range(deletions):
+        seqs = [[*prompt, *[cot[i] for j, i in enumerate(positions) if j != k], *answer]
+                for k in range(len(positions))]
+        width = len(seqs[0])
+        per_batch = max(1, batch_tokens // width)
+        js = []
+        for b in range(0, len(seqs), per_batch):
+            ids = torch.tensor(seqs[b:b + per_batch])
+            logp = torch.log_softmax(model(ids).logits.float(), -1)
+            tgt = ids[:, len(prompt):]
+            nll = -logp[:, len(prompt) - 1:-1].gather(-1, tgt[..., None])[..., 0]
+            js += nll.double().sum(1).tolist()
+        k = min(range(len(js)), key=lambda i: (js[i], i))
+        order.append(positions.pop(k))
+        trace.append(js[k])
+    return order, trace
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--chains", type=int, default=3)
+    ap.add_argument("--max-cot", type=int, default=40)
+    ap.add_argument("--keep", type=float, default=0.5)
+    ap.add_argument("--batch-tokens", type=int, default=4096)
+    ap.add_argument("--skip-baseline", action="store_true")
+    args = ap.parse_args()
+
+    from cotprune.deletion import DeletionScorer
+    from cotprune.engine import sequence_objectives
+    from cotprune.greedy import GreedyOptions, greedy_prune, kept_positions
+    from cotprune.importers import import_chains
+    from cotprune.layout import ChainLayout, join_segments
+    from cotprune.models import ModelOptions, load_model
+
+    model, tok = load_model(ModelOptions(device="cpu"))
+    layouter = ChainLayout(tok)
+    layouts = []
+    for c in import_chains(str(GSM8K), "gsm8k", limit=500):
+        lay = layouter.layout(c["question"], c["cot"], c["answer"])
+        if len(lay.cot_ids) <= args.max_cot:
+            layouts.append(lay)
+        if len(layouts) == args.chains:
+            break
+
+    modes = {"exact": GreedyOptions(), "per-step 4": GreedyOptions(per_step=4),
+             "shortlist 8": GreedyOptions(shortlist=8, refresh_every=10)}
+    totals = {name: 0.0 for name in ["published", *modes]}
+    j_at_keep = {name: [] for name in ["published", *modes]}
+    same_order = True
+    for lay in layouts:
+        prompt = lay.input_ids[:lay.cot_start]
+        cot = lay.cot_ids
+        answer = lay.input_ids[lay.answer_start:]
+        n = len(cot)
+        deletions = n - math.floor(args.keep * n + 1e-9)
+
+        def final_j(order):
+            kept = [cot[i] for i in kept_positions(n, order, n - deletions)]
+            return sequence_objectives(model, [join_segments(prompt, kept, answer)],
+                                       "reason-answer", batch_tokens=args.batch_tokens,
+                                       pad_id=tok.pad_token_id)[0]
+
+        orders = {}
+        if not args.skip_baseline:
+            (orders["published"], _), s = timed(lambda: published_greedy(
+                model, prompt, cot, answer, deletions, args.batch_tokens))
+            totals["published"] += s
+        for name, opts in modes.items():
+            scorer = DeletionScorer(model, "reason-answer", args.batch_tokens)
+            traj, s = timed(lambda: greedy_prune(scorer, prompt, cot, answer, deletions,
+                                                 opts=opts))
+            orders[name] = traj.order
+            totals[name] += s
+        for name, order in orders.items():
+            j_at_keep[name].append(final_j(order))
+        if "published" in orders:
+            same_order &= orders["published"] == orders["exact"]
+        print(f"chain: prompt {len(prompt)}, cot {n}, answer {len(answer)} tokens, "
+              f"{deletions} deletions: " + ", ".join(f"{k} {v:.1f}s" for k, v in totals.items()),
+              file=sys.stderr, flush=True)
+
+    exact_j = sum(j_at_keep["exact"])
+    report = {
+        "chains": len(layouts),
+        "cot_tokens": [len(x.cot_ids) for x in layouts],
+        "keep": args.keep,
+        "seconds": {k: round(v, 2) for k, v in totals.items()},
+        "speedup_vs_published": {k: round(totals["published"] / v, 2) for k, v in totals.items()}
+        if not args.skip_baseline else None,
+        "speedup_vs_exact": {k: round(totals["exact"] / v, 2) for k, v in totals.items() if v},
+        "exact_order_equals_published": same_order if not args.skip_baseline else None,
+        "sum_J_at_keep": {k: round(sum(v), 4) for k, v in j_at_keep.items() if v},
+        "J_gap_vs_exact_pct": {k: round(100 * (sum(v) - exact_j) / exact_j, 3)
+                               for k, v in j_at_keep.items() if v},
+        "torch_threads": torch.get_num_threads(),
+    }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
