@@ -190,7 +190,7 @@ def test_default_model_runs_every_reward_and_selection(default_model_cache, tmp_
     runs = [["--reward", "accuracy", "--token-select", "all"],
             ["--reward", "length", "--token-select", "nat-rpc"],
             ["--reward", "bingo", "--token-select", "entropy"],
-            ["--reward", "length", "--token-select", "nat-urs", "--overlong-buffer", "8"]]
+            ["--reward", "length", "--token-select", "nat-urs", "--overlong-buffer", "4"]]
     for k, extra in enumerate(runs):
         out = tmp_path / f"run{k}"
         code, stdout, err = run_cli("rl", prompts, "-o", out, "--max-steps", "1",
