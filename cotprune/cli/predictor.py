@@ -1,0 +1,88 @@
+"""`cotprune predictor fit|eval`: learn greedy deletion ranks from one-forward features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cotprune.cli import app
+from cotprune.cli.options import (Adapter, BatchTokens, Config, Device, Dtype, Limit, Output,
+                                  Seed, TrustRemoteCode)
+
+predictor_app = typer.Typer(help="Fit and evaluate a greedy-rank predictor (prune --method "
+                                 "predicted).", no_args_is_help=True)
+app.add_typer(predictor_app, name="predictor")
+
+PrunedFile = Annotated[Path, typer.Argument(help="Output of `prune --method greedy`.")]
+OptionalModel = Annotated[Optional[str], typer.Option(
+    "--model", help="Pruner model (fit: default the greedy file's model; eval: the "
+                    "predictor's).")]
+
+
+def _model_options(model, adapter, dtype, device, trust_remote_code):
+    from cotprune.models import ModelOptions
+
+    return ModelOptions(model=model, adapter=adapter, dtype=dtype, device=device,
+                        trust_remote_code=trust_remote_code)
+
+
+@predictor_app.command("fit")
+def fit_cmd(
+    pruned: PrunedFile,
+    output: Output,
+    arch: Annotated[str, typer.Option("--arch", help="mlp (2 layers) or linear.")] = "mlp",
+    loss: Annotated[str, typer.Option(
+        "--loss", help="pairwise (RankNet, per chain) or mse (on the normalised rank).")
+    ] = "pairwise",
+    hidden: Annotated[int, typer.Option("--hidden", help="MLP hidden width.")] = 64,
+    epochs: Annotated[int, typer.Option("--epochs", help="Full passes over the chains.")] = 300,
+    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 1e-2,
+    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 1e-4,
+    model: OptionalModel = None,
+    adapter: Adapter = None,
+    dtype: Dtype = "auto",
+    device: Device = "auto",
+    trust_remote_code: TrustRemoteCode = False,
+    batch_tokens: BatchTokens = 8192,
+    seed: Seed = 0,
+    limit: Limit = None,
+    config: Config = None,
+) -> None:
+    """Train a rank predictor on greedy pruning output; write one safetensors artifact."""
+    from cotprune.console import emit_summary
+    from cotprune.files import read_manifest
+    from cotprune.models import DEFAULT_MODEL
+    from cotprune.predictor import FitOptions, fit_predictor
+
+    opts = FitOptions(arch=arch, loss=loss, hidden=hidden, epochs=epochs, lr=lr,
+                      weight_decay=weight_decay, seed=seed, batch_tokens=batch_tokens)
+    if model is None:
+        model = (read_manifest(pruned) or {}).get("model") or DEFAULT_MODEL
+    emit_summary(fit_predictor(pruned, output, _model_options(
+        model, adapter, dtype, device, trust_remote_code), opts, limit=limit))
+
+
+@predictor_app.command("eval")
+def eval_cmd(
+    pruned: PrunedFile,
+    predictor: Annotated[Path, typer.Option("--predictor", help="A `predictor fit` file.")],
+    model: OptionalModel = None,
+    adapter: Adapter = None,
+    dtype: Dtype = "auto",
+    device: Device = "auto",
+    trust_remote_code: TrustRemoteCode = False,
+    batch_tokens: BatchTokens = 8192,
+    limit: Limit = None,
+    config: Config = None,
+) -> None:
+    """Spearman of predicted vs greedy ranks (and of each raw feature), keep-set overlaps."""
+    from cotprune.console import emit_summary
+    from cotprune.predictor import eval_predictor, read_predictor
+
+    if model is None:
+        model = read_predictor(predictor).spec.pruner_model
+    emit_summary(eval_predictor(pruned, predictor, _model_options(
+        model, adapter, dtype, device, trust_remote_code), batch_tokens=batch_tokens,
+        limit=limit))

@@ -1,0 +1,509 @@
+"""Predict greedy deletion ranks from one forward pass (arXiv 2601.03066, "attention predicts").
+
+Greedy pruning (`greedy.py`) costs O(n) batched forwards per chain; a predictor costs one (or
+n / K with `--repredict-every K`). This module holds all of it:
+
+- features, per CoT token, from ONE SDPA forward of the pruner model (`chain_features`): per-layer
+  attention received from the answer span and from later CoT tokens (`attention.AttentionCapture`
+  with `later_cot=True`, no eager model), surprisal and entropy (`score.BatchContext`, the score
+  engine's own code), and relative position t / (n - 1). Attention enters the model as
+  log(a + ATTENTION_EPS): it is heavy-tailed and its scale shrinks with sequence length.
+- targets (`greedy_ranks`): a token's index in the greedy `prune_order` divided by n. Tokens the
+  trajectory never deleted (it stops at the smallest keep ratio) all get the same rank, the mean
+  of the remaining ranks (d + n - 1) / 2 / n: the greedy data says nothing about their relative
+  order, so they tie. Spearman treats them as ties; the pairwise loss makes no pair of them.
+- model (`RankNet`): features standardised with the training mean/std (stored), then a 2-layer
+  MLP (or a linear map) to one score; higher = deleted later.
+- loss: pairwise logistic (RankNet) over the token pairs of each chain by default, because the
+  predictor is only ever used to ORDER the tokens of one chain: the loss is zero-cost to any
+  per-chain shift of the scores, and tied (never deleted) tokens add no pairs. `mse` on the
+  normalised rank is the alternative (`--loss mse`).
+- artifact: one safetensors file: the weights, feature mean/std, and JSON metadata under the key
+  `cotprune_predictor` (feature names, layers, pruner model, architecture, training summary).
+- the prune hook: `load_predictor(path, model_name).order(model, tokenizer, layout, protected,
+  repredict_every)`, called by `prune.py` for `--method predicted`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from cotprune.errors import InputError
+from cotprune.layout import Layout, join_segments
+
+META_KEY = "cotprune_predictor"
+FORMAT_VERSION = 1
+ATTENTION_EPS = 1e-4
+SCALARS = ("surprisal", "entropy", "position")
+BASELINES = ("attention", "surprisal", "entropy", "position")
+ARCHS = ("mlp", "linear")
+LOSSES = ("pairwise", "mse")
+PAIR_BUDGET = 4_000_000  # chains x n^2 pair entries per training mini-batch
+
+
+# --- features ------------------------------------------------------------------------------------
+
+@dataclass
+class ChainFeatures:
+    """Raw per-token features of one chain: attention [layers, n], the rest [n] (float32)."""
+
+    answer: torch.Tensor
+    later: torch.Tensor
+    surprisal: torch.Tensor
+    entropy: torch.Tensor
+    position: torch.Tensor
+
+    def matrix(self) -> torch.Tensor:
+        """[n, 2 * layers + 3]: log attention (answer, later CoT), surprisal, entropy, position."""
+        attn = torch.log(torch.cat([self.answer, self.later]) + ATTENTION_EPS)
+        return torch.cat([attn, torch.stack([self.surprisal, self.entropy, self.position])]).T
+
+    def baseline(self, name: str) -> torch.Tensor:
+        """One raw feature alone: `attention` is the score engine's scorer (mean over layers)."""
+        if name == "attention":
+            return self.answer.mean(0)
+        return getattr(self, name)
+
+
+def feature_names(layers: int) -> list[str]:
+    return ([f"attn_answer_L{i}" for i in range(layers)]
+            + [f"attn_later_cot_L{i}" for i in range(layers)] + list(SCALARS))
+
+
+def relative_position(n: int) -> torch.Tensor:
+    return torch.arange(n, dtype=torch.float32) / max(n - 1, 1)
+
+
+@torch.no_grad()
+def chain_features(model, tokenizer, layouts: Sequence[Layout], *,
+                   batch_tokens: int = 8192) -> list[ChainFeatures]:
+    """Features of each layout; one SDPA forward per batch gives attention, surprisal, entropy."""
+    from cotprune.attention import AttentionCapture
+    from cotprune.engine import plan_batches
+    from cotprune.score import BatchContext
+
+    for x in layouts:
+        if x.cot_start < 1:
+            raise InputError("a CoT must follow at least one prompt token to be scored")
+    out: list[ChainFeatures | None] = [None] * len(layouts)
+    for batch in plan_batches([len(x.input_ids) for x in layouts], batch_tokens):
+        group = [layouts[i] for i in batch]
+        ctx = BatchContext(model, tokenizer, group, ["surprisal", "entropy"])
+        with AttentionCapture(model, later_cot=True) as capture:
+            capture.expect(group)
+            ctx.forward()
+            rows = capture.take()
+        logp, ent = ctx.cot_logprob_entropy()
+        for r, i in enumerate(batch):
+            out[i] = ChainFeatures(
+                answer=rows[r].answer.float().cpu(), later=rows[r].later_cot.float().cpu(),
+                surprisal=(-logp[r]).float().cpu(), entropy=ent[r].float().cpu(),
+                position=relative_position(len(group[r].cot_ids)))
+    return out
+
+
+# --- targets and metrics (pure) ------------------------------------------------------------------
+
+def greedy_ranks(prune_order: Sequence[int], n: int) -> list[float]:
+    """Normalised deletion rank of each CoT token; never-deleted tokens tie after all deleted."""
+    d = len(prune_order)
+    tied = (d + n - 1) / 2
+    ranks = [tied / n] * n
+    for k, i in enumerate(prune_order):
+        ranks[i] = k / n
+    return ranks
+
+
+def average_ranks(values: Sequence[float]) -> list[float]:
+    """Ranks 0..n-1 of `values`, ties sharing the mean of their ranks."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    k = 0
+    while k < len(order):
+        j = k
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[k]]:
+            j += 1
+        for m in range(k, j + 1):
+            ranks[order[m]] = (k + j) / 2
+        k = j + 1
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rho with average ranks for ties; NaN when either side is constant."""
+    ra, rb = average_ranks(list(a)), average_ranks(list(b))
+    n = len(ra)
+    if n < 2:
+        return float("nan")
+    ma, mb = sum(ra) / n, sum(rb) / n
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    va, vb = sum((x - ma) ** 2 for x in ra), sum((y - mb) ** 2 for y in rb)
+    return cov / math.sqrt(va * vb) if va > 0 and vb > 0 else float("nan")
+
+
+def mean_finite(values: Sequence[float]) -> float | None:
+    good = [v for v in values if not math.isnan(v)]
+    return round(sum(good) / len(good), 4) if good else None
+
+
+def keep_overlap(scores: Sequence[float], greedy_kept: Sequence[int]) -> float:
+    """|kept by score ∩ kept by greedy| / |kept|, keeping the highest-scored len(greedy_kept)."""
+    keep = len(greedy_kept)
+    if keep == 0:
+        return 1.0
+    order = sorted(range(len(scores)), key=lambda i: (scores[i], i))  # first deleted first
+    ours = set(order[len(scores) - keep:])
+    return len(ours & set(greedy_kept)) / keep
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+class RankNet(torch.nn.Module):
+    """Standardise features (stored mean/std), then a 2-layer MLP or a linear map to a score."""
+
+    def __init__(self, n_features: int, arch: str = "mlp", hidden: int = 64):
+        super().__init__()
+        self.register_buffer("feature_mean", torch.zeros(n_features))
+        self.register_buffer("feature_std", torch.ones(n_features))
+        if arch == "mlp":
+            self.net = torch.nn.Sequential(torch.nn.Linear(n_features, hidden), torch.nn.ReLU(),
+                                           torch.nn.Linear(hidden, 1))
+        else:
+            self.net = torch.nn.Sequential(torch.nn.Linear(n_features, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.feature_mean) / self.feature_std).squeeze(-1)
+
+
+def pairwise_loss(scores: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """RankNet loss, per chain the mean of softplus(s_i - s_j) over pairs with y_i < y_j.
+
+    scores, targets, valid: [chains, n] (padded). The result is the mean over chains with pairs.
+    """
+    before = (targets[:, :, None] < targets[:, None, :]) & valid[:, :, None] & valid[:, None, :]
+    terms = torch.nn.functional.softplus(scores[:, :, None] - scores[:, None, :])
+    counts = before.sum((1, 2))
+    per_chain = (terms * before).sum((1, 2)) / counts.clamp(min=1)
+    has = counts > 0
+    return per_chain[has].mean() if has.any() else scores.sum() * 0
+
+
+def mse_loss(scores: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    return ((scores - targets) ** 2 * valid).sum() / valid.sum().clamp(min=1)
+
+
+def pad_chains(xs: Sequence[torch.Tensor], ys: Sequence[Sequence[float]]):
+    """[chains, n_max, F] features, [chains, n_max] targets and validity mask."""
+    width = max(len(y) for y in ys)
+    x = torch.zeros(len(xs), width, xs[0].shape[1])
+    y = torch.zeros(len(xs), width)
+    valid = torch.zeros(len(xs), width, dtype=torch.bool)
+    for c, (xc, yc) in enumerate(zip(xs, ys, strict=True)):
+        x[c, :len(yc)] = xc
+        y[c, :len(yc)] = torch.tensor(yc)
+        valid[c, :len(yc)] = True
+    return x, y, valid
+
+
+def chain_batches(lengths: Sequence[int], budget: int = PAIR_BUDGET) -> list[list[int]]:
+    """Chains grouped (longest first) so that chains x n_max^2 stays within the pair budget."""
+    from cotprune.engine import plan_batches
+
+    # plan_batches bounds rows x longest; feed it n^2 per chain against the pair budget.
+    return plan_batches([max(n, 1) ** 2 for n in lengths], budget)
+
+
+@dataclass
+class FitOptions:
+    """How `predictor fit` trains; validation names the flag."""
+
+    arch: str = "mlp"
+    loss: str = "pairwise"
+    hidden: int = 64
+    epochs: int = 300
+    lr: float = 1e-2
+    weight_decay: float = 1e-4
+    seed: int = 0
+    batch_tokens: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise InputError(f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if self.loss not in LOSSES:
+            raise InputError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        for flag, v in (("--hidden", self.hidden), ("--epochs", self.epochs)):
+            if v < 1:
+                raise InputError(f"{flag} must be >= 1, got {v}")
+        if not self.lr > 0:
+            raise InputError(f"--lr must be > 0, got {self.lr}")
+
+
+def train_ranknet(xs: Sequence[torch.Tensor], ys: Sequence[Sequence[float]],
+                  opts: FitOptions) -> tuple[RankNet, list[float]]:
+    """Fit a RankNet on per-chain feature matrices and rank targets; returns it and loss curve."""
+    torch.manual_seed(opts.seed)
+    allx = torch.cat(list(xs))
+    net = RankNet(allx.shape[1], opts.arch, opts.hidden)
+    net.feature_mean.copy_(allx.mean(0))
+    net.feature_std.copy_(allx.std(0, unbiased=False).clamp(min=1e-6))
+    loss_fn = pairwise_loss if opts.loss == "pairwise" else mse_loss
+    batches = [pad_chains([xs[i] for i in b], [ys[i] for i in b])
+               for b in chain_batches([len(y) for y in ys])]
+    optim = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    curve = []
+    for _ in range(opts.epochs):
+        total = 0.0
+        for x, y, valid in batches:
+            optim.zero_grad()
+            loss = loss_fn(net(x), y, valid)
+            loss.backward()
+            optim.step()
+            total += float(loss.detach()) * x.shape[0]
+        curve.append(total / len(ys))
+    net.eval()
+    return net, curve
+
+
+# --- the artifact and the prune hook ---------------------------------------------------------------
+
+def model_key(name: str) -> str:
+    """How a pruner model is named in an artifact: a local directory by its absolute path."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
+
+
+@dataclass
+class PredictorSpec:
+    """The JSON metadata of an artifact."""
+
+    pruner_model: str
+    layers: int
+    feature_names: list[str]
+    arch: str
+    hidden: int
+    loss: str
+    attention_eps: float = ATTENTION_EPS
+    format_version: int = FORMAT_VERSION
+    training: dict = field(default_factory=dict)
+
+
+class Predictor:
+    """A fitted rank model bound to its pruner model's feature layout."""
+
+    def __init__(self, spec: PredictorSpec, net: RankNet):
+        self.spec, self.net = spec, net
+
+    def check_model(self, model) -> None:
+        from cotprune.attention import attention_modules
+
+        layers = len(attention_modules(model))
+        if layers != self.spec.layers:
+            raise InputError(f"the predictor was fitted on {self.spec.layers}-layer features, "
+                             f"the model has {layers} layers")
+
+    @torch.no_grad()
+    def scores(self, features: Sequence[ChainFeatures]) -> list[list[float]]:
+        """Predicted score per CoT token (higher = deleted later)."""
+        return [self.net(f.matrix()).tolist() if len(f.position) else [] for f in features]
+
+    def order(self, model, tokenizer, layout: Layout, protected: frozenset[int],
+              repredict_every: int | None = None) -> list[int]:
+        """Original CoT indices, first deleted first (protected never); dynamic with K."""
+        if repredict_every is not None and repredict_every < 1:
+            raise InputError(f"--repredict-every must be >= 1, got {repredict_every}")
+        self.check_model(model)
+        prompt = layout.input_ids[:layout.cot_start]
+        answer = layout.input_ids[layout.answer_start:layout.answer_end]
+        cot = layout.cot_ids
+        remaining = list(range(len(cot)))  # original index of each token still in the chain
+        order: list[int] = []
+        while True:
+            candidates = [k for k, i in enumerate(remaining) if i not in protected]
+            if not candidates:
+                return order
+            current = join_segments(prompt, [cot[i] for i in remaining], answer)
+            scores = self.scores(chain_features(model, tokenizer, [current]))[0]
+            ranked = sorted(candidates, key=lambda k: (scores[k], remaining[k]))
+            take = ranked[:repredict_every] if repredict_every else ranked
+            order += [remaining[k] for k in take]
+            if not repredict_every:
+                return order
+            gone = set(take)
+            remaining = [i for k, i in enumerate(remaining) if k not in gone]
+
+
+def save_predictor(path: str | Path, spec: PredictorSpec, net: RankNet) -> None:
+    """One safetensors file, written atomically (temp file beside it, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tensors = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
+    save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(asdict(spec))})
+    os.replace(tmp, path)
+
+
+def read_predictor(path: str | Path) -> Predictor:
+    """Load an artifact; anything that is not one is an InputError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError, ValueError) as e:
+        raise InputError(f"not a predictor file ({e})", file=str(path)) from None
+    if META_KEY not in meta:
+        raise InputError("not a predictor file (no cotprune_predictor metadata)", file=str(path))
+    spec = PredictorSpec(**json.loads(meta[META_KEY]))
+    if spec.format_version != FORMAT_VERSION:
+        raise InputError(f"predictor format {spec.format_version} is not supported",
+                         file=str(path))
+    net = RankNet(len(spec.feature_names), spec.arch, spec.hidden)
+    net.load_state_dict(tensors)
+    net.eval()
+    return Predictor(spec, net)
+
+
+def load_predictor(path: str, model_name: str) -> Predictor:
+    """The prune hook: the artifact, refused when it was fitted for another pruner model."""
+    predictor = read_predictor(path)
+    if model_key(model_name) != predictor.spec.pruner_model:
+        raise InputError(f"the predictor was fitted for pruner model "
+                         f"{predictor.spec.pruner_model!r}, not {model_key(model_name)!r}; "
+                         "pass that --model or fit a predictor for this one", file=str(path))
+    return predictor
+
+
+# --- the stages: fit and eval --------------------------------------------------------------------
+
+GREEDY_COLUMNS = ("id", "input_ids", "cot_start", "cot_end", "answer_start", "answer_end",
+                  "keep_ratio", "kept_positions", "prune_order")
+
+
+@dataclass
+class GreedyChain:
+    """One chain of a greedy pruned file: its layout, trajectory and kept sets per ratio."""
+
+    id: str
+    layout: Layout
+    prune_order: list[int]
+    kept: dict[float, list[int]]
+
+    @property
+    def ranks(self) -> list[float]:
+        return greedy_ranks(self.prune_order, len(self.layout.cot_ids))
+
+
+def read_greedy(path: str | Path, limit: int | None = None) -> tuple[list[GreedyChain], dict]:
+    """Chains (first-seen order) of a `prune --method greedy` file, and the file's manifest."""
+    from cotprune.files import read_manifest, read_table, require_columns
+
+    table = read_table(path)
+    if "prune_order" not in table.column_names:
+        raise InputError("missing column: fit and eval need `prune --method greedy` output",
+                         file=str(path), column="prune_order")
+    require_columns(table, GREEDY_COLUMNS, str(path))
+    chains: dict[str, GreedyChain] = {}
+    for row in table.select(list(GREEDY_COLUMNS)).to_pylist():
+        if row["prune_order"] is None:
+            raise InputError("no greedy trajectory (fit and eval need `prune --method greedy` "
+                             "output)", file=str(path), row=row["id"], column="prune_order")
+        if row["id"] not in chains:
+            if limit is not None and len(chains) == limit:
+                continue
+            layout = Layout(row["input_ids"], row["cot_start"], row["cot_end"],
+                            row["answer_start"], row["answer_end"])
+            n = len(layout.cot_ids)
+            if any(not 0 <= i < n for i in row["prune_order"]) \
+                    or len(set(row["prune_order"])) != len(row["prune_order"]):
+                raise InputError(f"prune_order must hold distinct CoT indices in [0, {n})",
+                                 file=str(path), row=row["id"], column="prune_order")
+            chains[row["id"]] = GreedyChain(row["id"], layout, row["prune_order"], {})
+        chains[row["id"]].kept[round(row["keep_ratio"], 6)] = row["kept_positions"]
+    if not chains:
+        raise InputError("no rows", file=str(path))
+    return list(chains.values()), read_manifest(path) or {}
+
+
+def fit_predictor(pruned: str | Path, out: str | Path, model_opts, opts: FitOptions, *,
+                  limit: int | None = None) -> dict:
+    """`predictor fit`: features of every greedy chain, train, save one artifact."""
+    import time
+
+    from cotprune.models import load_model
+
+    start = time.perf_counter()
+    chains, _ = read_greedy(pruned, limit)
+    model, tokenizer = load_model(model_opts)
+    from cotprune.attention import attention_modules
+
+    layers = len(attention_modules(model))
+    features = chain_features(model, tokenizer, [c.layout for c in chains],
+                              batch_tokens=opts.batch_tokens)
+    xs = [f.matrix() for f in features]
+    ys = [c.ranks for c in chains]
+    net, curve = train_ranknet(xs, ys, opts)
+    with torch.no_grad():
+        train_rho = mean_finite([spearman(net(x).tolist(), y) for x, y in zip(xs, ys)])
+    training = {"file": str(pruned), "chains": len(chains), "tokens": sum(len(y) for y in ys),
+                "epochs": opts.epochs, "lr": opts.lr, "weight_decay": opts.weight_decay,
+                "seed": opts.seed, "final_loss": round(curve[-1], 6),
+                "train_spearman": train_rho}
+    spec = PredictorSpec(pruner_model=model_key(model_opts.model), layers=layers,
+                         feature_names=feature_names(layers), arch=opts.arch, hidden=opts.hidden,
+                         loss=opts.loss, training=training)
+    save_predictor(out, spec, net)
+    return {"command": "predictor fit", **training, "arch": opts.arch, "loss": opts.loss,
+            "seconds": round(time.perf_counter() - start, 3), "output": str(out)}
+
+
+def evaluate(predictor: Predictor, chains: Sequence[GreedyChain],
+             features: Sequence[ChainFeatures]) -> dict:
+    """Mean per-chain Spearman (predictor and each raw feature) and keep-set overlaps.
+
+    Baselines are signed: a raw feature's correlation with the greedy rank (positive = tokens
+    with higher values are deleted later). Overlaps keep the top-valued tokens, as prune does.
+    """
+    predicted = predictor.scores(features)
+    ranks = [c.ranks for c in chains]
+    signals = {"predictor": predicted,
+               **{b: [f.baseline(b).tolist() for f in features] for b in BASELINES}}
+    rho = {name: mean_finite([spearman(s, y) for s, y in zip(values, ranks)])
+           for name, values in signals.items()}
+    ratios = sorted({r for c in chains for r in c.kept}, reverse=True)
+    overlap = {name: {str(r): mean_finite([keep_overlap(s, c.kept[r])
+                                           for s, c in zip(values, chains) if r in c.kept])
+                      for r in ratios}
+               for name, values in signals.items()}
+    return {"spearman": rho.pop("predictor"), "spearman_baselines": rho,
+            "overlap": overlap.pop("predictor"), "overlap_baselines": overlap}
+
+
+def eval_predictor(pruned: str | Path, predictor_path: str | Path, model_opts, *,
+                   batch_tokens: int = 8192, limit: int | None = None) -> dict:
+    """`predictor eval`: compare predicted ranks with held-out greedy ranks (one summary)."""
+    import time
+
+    from cotprune.models import load_model
+
+    start = time.perf_counter()
+    predictor = load_predictor(str(predictor_path), model_opts.model)
+    chains, _ = read_greedy(pruned, limit)
+    model, tokenizer = load_model(model_opts)
+    predictor.check_model(model)
+    features = chain_features(model, tokenizer, [c.layout for c in chains],
+                              batch_tokens=batch_tokens)
+    return {"command": "predictor eval", "chains": len(chains),
+            "tokens": sum(len(c.layout.cot_ids) for c in chains),
+            **evaluate(predictor, chains, features),
+            "seconds": round(time.perf_counter() - start, 3)}
