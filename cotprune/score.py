@@ -30,7 +30,6 @@ from cotprune.layout import Layout
 
 SCORER_NAMES = ("surprisal", "entropy", "attention", "loo", "significance")
 DEFAULT_SCORERS = "surprisal,entropy,attention"
-NOT_AVAILABLE = {"loo": "loo is not available yet"}
 DEFAULT_BATCH_TOKENS = 8192
 
 
@@ -54,8 +53,6 @@ class ScoreOptions:
             if name not in SCORER_NAMES:
                 raise InputError(f"--scorer: unknown scorer {name!r} "
                                  f"(known: {', '.join(SCORER_NAMES)})")
-            if name in NOT_AVAILABLE:
-                raise InputError(f"--scorer: {NOT_AVAILABLE[name]}")
         check_objective(self.objective)
         if self.batch_tokens < 1:
             raise InputError(f"--batch-tokens must be >= 1, got {self.batch_tokens}")
@@ -140,6 +137,14 @@ def _attention(ctx: BatchContext) -> list[list[float]]:
     return [rows.answer_mean().tolist() for rows in ctx.attention_rows()]
 
 
+def _loo(ctx: BatchContext) -> list[list[float]]:
+    """J without each CoT token minus J, suffixes batched on the cached prefix (deletion.py)."""
+    from cotprune.deletion import ChainState, DeletionScorer
+
+    scorer = DeletionScorer(ctx.model, ctx.objective, ctx.batch_tokens)
+    return [scorer.loo_scores(ChainState.from_layout(x)) for x in ctx.layouts]
+
+
 def _significance(ctx: BatchContext) -> list[list[float]]:
     if ctx.significance is None or ctx.cots is None:
         raise RuntimeError("significance needs the CoT texts and a SignificanceModel")
@@ -151,6 +156,7 @@ SCORERS: dict[str, Callable[[BatchContext], list[list[float]]]] = {
     "surprisal": _surprisal,
     "entropy": _entropy,
     "attention": _attention,
+    "loo": _loo,
     "significance": _significance,
 }
 
@@ -168,7 +174,7 @@ def score_batch(model, tokenizer, layouts: Sequence[Layout], scorers: Sequence[s
     out: list[dict] = [{} for _ in layouts]
     for name in scorers:
         if name not in SCORERS:
-            raise InputError(f"--scorer: {NOT_AVAILABLE.get(name, f'unknown scorer {name!r}')}")
+            raise InputError(f"--scorer: unknown scorer {name!r}")
         for row, values in zip(out, SCORERS[name](ctx), strict=True):
             row[name] = values
     return out

@@ -59,6 +59,27 @@ def test_score_batch_matches_float64_and_eager_reference(which, request):
         assert max(got["surprisal"]) > min(got["surprisal"])
 
 
+@pytest.mark.parametrize("objective", ["reason-answer", "answer"])
+def test_loo_matches_brute_force_deletion(objective, tiny_gpt2_model):
+    from greedy_reference import full_objective
+
+    model, tok = load_model(ModelOptions(model=str(tiny_gpt2_model), device="cpu"))
+    cl = ChainLayout(tok)
+    layouts = [cl.layout("Q?", "Two plus two is four, surely.", "4"),
+               cl.layout("Why?", "Because 3 * 3 = 9.", "9")]
+    got = score_batch(model, tok, layouts, ["loo"], objective=objective, batch_tokens=64)
+    for layout, scores in zip(layouts, got, strict=True):
+        prompt, cot = layout.input_ids[:layout.cot_start], layout.cot_ids
+        answer = layout.input_ids[layout.answer_start:]
+
+        def j(kept):
+            start = len(prompt) if objective == "reason-answer" else len(prompt) + len(kept)
+            return full_objective(model, [*prompt, *kept, *answer], start)
+
+        ref = [j(cot[:t] + cot[t + 1:]) - j(cot) for t in range(len(cot))]
+        assert scores["loo"] == pytest.approx(ref, abs=2e-3)
+
+
 def write_chains(path, rows, schema=CHAIN_SCHEMA):
     write_table(pa.Table.from_pylist(rows, schema=schema), path)
     return path
@@ -205,7 +226,6 @@ def test_bad_chains_exit_2_without_output(kind, needle, tmp_path, tiny_gpt2_mode
 
 @pytest.mark.parametrize("args,needle", [
     (["--scorer", "perplexity"], "unknown scorer 'perplexity'"),
-    (["--scorer", "loo"], "loo is not available yet"),
     (["--scorer", "significance"], "--significance-model"),
     (["--objective", "everything"], "--objective"),
     (["--model", "/nonexistent/model"], "does not exist"),
