@@ -31,5 +31,9 @@ lint: install
 demo: install
 	bash scripts/demo.sh
 
+# synth -> greedy prune -> distill -> eval on CPU-sized data (sizes: see scripts/pipeline.sh)
+pipeline: install
+	bash scripts/pipeline.sh
+
 clean:
 	rm -rf out/demo .pytest_cache

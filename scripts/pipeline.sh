@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 CLI=${CLI:-.venv/bin/cotprune}
 OUT=${OUT:-out/pipeline}
 MODEL=${MODEL:-smollm2-135m}
-N_TRAIN=${N_TRAIN:-16}
+N_TRAIN=${N_TRAIN:-8}
 N_TEST=${N_TEST:-8}
 KEEP=${KEEP:-0.7}
 STEPS=${STEPS:-20}
@@ -28,7 +28,7 @@ rm -rf "$OUT/student"
 $CLI synth arithmetic -n "$N_TRAIN" --seed 1 -o "$OUT/train.parquet"
 $CLI synth arithmetic -n "$N_TEST" --seed 2 -o "$OUT/test.parquet"
 $CLI prune "$OUT/train.parquet" -o "$OUT/pruned.parquet" --model "$MODEL" \
-    --method greedy --keep "$KEEP" --shortlist 8
+    --method greedy --keep "$KEEP" --per-step 8 --shortlist 16
 $CLI distill "$OUT/pruned.parquet" -o "$OUT/student" --model "$MODEL" \
     --max-steps "$STEPS" --lr 1e-3 --batch-tokens 2048 --save-every 10
 $CLI eval "$OUT/test.parquet" -o "$OUT/eval-base.parquet" --model "$MODEL" \
