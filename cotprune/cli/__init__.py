@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
+
+
+
+def _click_kind(error: BaseException) -> str | None:
+    """'Exit', 'Abort' or 'ClickException' for click's exceptions, whichever copy of click
+    raised them (recent typer vendors its own), else None."""
+    names = {c.__name__ for c in type(error).__mro__}
+    return next((n for n in ("Exit", "Abort", "ClickException") if n in names), None)
 
 from cotprune.errors import InputError
 
@@ -27,6 +34,7 @@ from cotprune.cli import chains  # noqa: E402,F401
 from cotprune.cli import score  # noqa: E402,F401
 from cotprune.cli import generate  # noqa: E402,F401
 from cotprune.cli import prune  # noqa: E402,F401
+from cotprune.cli import predictor  # noqa: E402,F401
 from cotprune.cli import report  # noqa: E402,F401
 from cotprune.cli import rl  # noqa: E402,F401
 
@@ -42,17 +50,20 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as e:
         print(f"cotprune: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(2)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        print("cotprune: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except Exception:
-        log.exception("cotprune: failed")
-        sys.exit(1)
+    except KeyboardInterrupt:
+        result = 130
+    except Exception as e:
+        kind = _click_kind(e)
+        if kind == "Exit":
+            sys.exit(e.exit_code)
+        if kind == "ClickException":  # usage errors: missing argument, bad option value...
+            e.show()
+            sys.exit(2)
+        if kind == "Abort":
+            result = 130
+        else:
+            log.exception("cotprune: failed")
+            sys.exit(1)
     if result == 130:
         print("cotprune: interrupted", file=sys.stderr)
     sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,102 @@
+import pyarrow as pa
+import pytest
+
+from cotprune.errors import InputError
+from cotprune.files import (Shard, StageOutput, StreamingWriter, extend_schema, make_manifest,
+                            read_manifest, read_table, validate_chains, write_table)
+
+SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("x", pa.int32())])
+
+
+def test_write_table_is_atomic_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "t.parquet"
+    write_table(pa.Table.from_pylist([{"id": "a", "x": 1}], schema=SCHEMA), target)
+    import pyarrow.parquet as pq
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pq, "write_table", broken)
+    with pytest.raises(OSError):
+        write_table(pa.Table.from_pylist([{"id": "b", "x": 2}], schema=SCHEMA), target)
+    monkeypatch.undo()
+    assert read_table(target).to_pylist() == [{"id": "a", "x": 1}]  # old file intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet"]  # no temp left
+
+
+def test_streaming_writer_writes_row_groups_and_cleans_up_on_error(tmp_path):
+    target = tmp_path / "s.parquet"
+    with StreamingWriter(target, SCHEMA, make_manifest("test", model="m")) as w:
+        for i in range(3):
+            w.write([{"id": str(i), "x": i}])
+    assert read_table(target).column("x").to_pylist() == [0, 1, 2]
+    assert read_manifest(target)["model"] == "m"
+    failed = tmp_path / "f.parquet"
+    with pytest.raises(RuntimeError), StreamingWriter(failed, SCHEMA) as w:
+        w.write([{"id": "a", "x": 1}])
+        raise RuntimeError
+    assert not failed.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["s.parquet"]
+
+
+def test_manifest_contents(tmp_path):
+    m = make_manifest("score", model="smollm2-135m", dtype="float32", seed=3)
+    path = tmp_path / "m.parquet"
+    write_table(SCHEMA.empty_table(), path, m)
+    got = read_manifest(path)
+    assert got["command"] == "score" and got["model"] == "smollm2-135m" and got["seed"] == 3
+    assert {"cotprune_version", "argv", "time", "dtype"} <= set(got)
+
+
+def test_extend_schema_replaces_in_place_and_appends():
+    base = pa.schema([("id", pa.string()), ("cot", pa.string()), ("extra", pa.int64())])
+    out = extend_schema(base, [pa.field("cot", pa.large_string()), pa.field("n", pa.int32())])
+    assert out.names == ["id", "cot", "extra", "n"] and out.field("cot").type == pa.large_string()
+
+
+def test_shard_rows_partition_in_order():
+    for n in range(0, 12):
+        parts = [list(Shard(i, 3).rows(n)) for i in range(3)]
+        assert sum(parts, []) == list(range(n))
+    assert Shard.parse("1/4") == Shard(1, 4)
+    for bad in ["4/4", "x", "1/0"]:
+        with pytest.raises(InputError):
+            Shard.parse(bad)
+
+
+def test_shard_from_torchrun_environment(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert Shard.parse(None) == Shard(1, 2)
+
+
+def test_stage_output_resume_and_input_order(tmp_path):
+    out = tmp_path / "o.parquet"
+    stage = StageOutput(out, SCHEMA, make_manifest("t"))
+    stage.write([{"id": "c", "x": 2}], [2])
+    stage.write([{"id": "a", "x": 0}], [0])
+    assert not out.exists()
+    with pytest.raises(InputError, match="--resume"):
+        StageOutput(out, SCHEMA, make_manifest("t"))
+    again = StageOutput(out, SCHEMA, make_manifest("t"), resume=True)
+    assert again.done_ids == {"a", "c"}
+    again.write([{"id": "b", "x": 1}], [1])
+    assert again.finish() == 3
+    assert read_table(out).column("id").to_pylist() == ["a", "b", "c"]
+    assert not (tmp_path / "o.parquet.partial").exists()
+
+
+def test_part_directories_read_as_one(tmp_path):
+    for i in range(2):
+        s = StageOutput(tmp_path / "d", SCHEMA, make_manifest("t"), shard=Shard(i, 2))
+        s.write([{"id": str(i), "x": i}], [i])
+        s.finish()
+    assert read_table(tmp_path / "d").column("id").to_pylist() == ["0", "1"]
+
+
+def test_validate_chains_names_row_and_column(tmp_path):
+    t = pa.Table.from_pylist([{"id": "a", "question": "q", "cot": None, "answer": "1"}])
+    with pytest.raises(InputError, match="f.parquet: row a: column 'cot': null value"):
+        validate_chains(t, "f.parquet")
+    with pytest.raises(InputError, match="not a readable Parquet"):
+        (tmp_path / "x.parquet").write_text("hello")
+        read_table(tmp_path / "x.parquet")
