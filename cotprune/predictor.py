@@ -143,7 +143,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     if n < 2:
         return float("nan")
     ma, mb = sum(ra) / n, sum(rb) / n
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
     va, vb = sum((x - ma) ** 2 for x in ra), sum((y - mb) ** 2 for y in rb)
     return cov / math.sqrt(va * vb) if va > 0 and vb > 0 else float("nan")
 
@@ -182,7 +182,8 @@ class RankNet(torch.nn.Module):
         return self.net((x - self.feature_mean) / self.feature_std).squeeze(-1)
 
 
-def pairwise_loss(scores: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def pairwise_loss(scores: torch.Tensor, targets: torch.Tensor,
+                  valid: torch.Tensor) -> torch.Tensor:
     """RankNet loss, per chain the mean of softplus(s_i - s_j) over pairs with y_i < y_j.
 
     scores, targets, valid: [chains, n] (padded). The result is the mean over chains with pairs.
@@ -271,7 +272,7 @@ def train_ranknet(xs: Sequence[torch.Tensor], ys: Sequence[Sequence[float]],
     return net, curve
 
 
-# --- the artifact and the prune hook ---------------------------------------------------------------
+# --- the artifact and the prune hook ---------------------------------------------------------
 
 def model_key(name: str) -> str:
     """How a pruner model is named in an artifact: a local directory by its absolute path."""
@@ -454,7 +455,7 @@ def fit_predictor(pruned: str | Path, out: str | Path, model_opts, opts: FitOpti
     ys = [c.ranks for c in chains]
     net, curve = train_ranknet(xs, ys, opts)
     with torch.no_grad():
-        train_rho = mean_finite([spearman(net(x).tolist(), y) for x, y in zip(xs, ys)])
+        train_rho = mean_finite([spearman(net(x).tolist(), y) for x, y in zip(xs, ys, strict=True)])
     training = {"file": str(pruned), "chains": len(chains), "tokens": sum(len(y) for y in ys),
                 "epochs": opts.epochs, "lr": opts.lr, "weight_decay": opts.weight_decay,
                 "seed": opts.seed, "final_loss": round(curve[-1], 6),
@@ -478,11 +479,12 @@ def evaluate(predictor: Predictor, chains: Sequence[GreedyChain],
     ranks = [c.ranks for c in chains]
     signals = {"predictor": predicted,
                **{b: [f.baseline(b).tolist() for f in features] for b in BASELINES}}
-    rho = {name: mean_finite([spearman(s, y) for s, y in zip(values, ranks)])
+    rho = {name: mean_finite([spearman(s, y) for s, y in zip(values, ranks, strict=True)])
            for name, values in signals.items()}
     ratios = sorted({r for c in chains for r in c.kept}, reverse=True)
     overlap = {name: {str(r): mean_finite([keep_overlap(s, c.kept[r])
-                                           for s, c in zip(values, chains) if r in c.kept])
+                                           for s, c in zip(values, chains, strict=True)
+                                           if r in c.kept])
                       for r in ratios}
                for name, values in signals.items()}
     return {"spearman": rho.pop("predictor"), "spearman_baselines": rho,

@@ -6,11 +6,18 @@ import math
 import pyarrow as pa
 import pytest
 import torch
-
 from conftest import run_cli, summary_of
+
 from cotprune.files import CHAIN_SCHEMA, read_table, write_table
-from cotprune.predictor import (FitOptions, average_ranks, greedy_ranks, keep_overlap,
-                                load_predictor, spearman, train_ranknet)
+from cotprune.predictor import (
+    FitOptions,
+    average_ranks,
+    greedy_ranks,
+    keep_overlap,
+    load_predictor,
+    spearman,
+    train_ranknet,
+)
 
 CHAINS = [
     {"id": "a", "question": "What is 3+4?", "cot": "We add 3 and 4 to get 7, so seven.",
@@ -49,7 +56,7 @@ def predictor_file(greedy_file, tiny_gpt2_model):
     return out
 
 
-# --- pure pieces -----------------------------------------------------------------------------------
+# --- pure pieces ---
 
 def test_spearman_against_hand_computed_values():
     # ranks differ by d = (0, 1, 1, 0): rho = 1 - 6 * 2 / (4 * 15) = 0.8
@@ -86,11 +93,11 @@ def test_training_recovers_a_rank_that_one_feature_determines(arch, loss):
     net, curve = train_ranknet(xs, ys, FitOptions(arch=arch, loss=loss, epochs=150, lr=0.05))
     assert curve[-1] < curve[0]
     with torch.no_grad():
-        rhos = [spearman(net(x).tolist(), y) for x, y in zip(xs, ys)]
+        rhos = [spearman(net(x).tolist(), y) for x, y in zip(xs, ys, strict=True)]
     assert min(rhos) > 0.9, rhos
 
 
-# --- features -------------------------------------------------------------------------------------
+# --- features ---
 
 def test_features_agree_with_the_score_engine(tiny_gpt2_model):
     from cotprune.layout import ChainLayout
@@ -103,7 +110,7 @@ def test_features_agree_with_the_score_engine(tiny_gpt2_model):
     together = chain_features(model, tok, layouts)
     alone = [chain_features(model, tok, [x], batch_tokens=1)[0] for x in layouts]
     scores = score_batch(model, tok, layouts, ["surprisal", "entropy", "attention"])
-    for x, f, g, s in zip(layouts, together, alone, scores):
+    for x, f, g, s in zip(layouts, together, alone, scores, strict=True):
         n = len(x.cot_ids)
         assert f.answer.shape == f.later.shape == (2, n) and f.matrix().shape == (n, 7)
         assert f.answer.mean(0).tolist() == pytest.approx(s["attention"], abs=1e-6)
@@ -114,7 +121,7 @@ def test_features_agree_with_the_score_engine(tiny_gpt2_model):
         assert torch.allclose(f.matrix(), g.matrix(), atol=1e-4)  # padding changes nothing
 
 
-# --- the commands ---------------------------------------------------------------------------------
+# --- the commands ---
 
 def test_eval_reports_spearman_baselines_and_overlaps(greedy_file, predictor_file):
     code, stdout, err = run_cli("predictor", "eval", greedy_file, "--predictor", predictor_file,
@@ -155,7 +162,8 @@ def test_predicted_pruning_keeps_floor_keep_n_in_predicted_order(chains_path, pr
     for r in rows:
         n = r["original_tokens"]
         assert r["method"] == "predicted"
-        assert r["kept_tokens"] == math.floor(r["keep_ratio"] * n + 1e-9) == len(r["kept_positions"])
+        assert r["kept_tokens"] == math.floor(r["keep_ratio"] * n + 1e-9)
+        assert r["kept_tokens"] == len(r["kept_positions"])
         if repredict is None:  # plain reference: keep the highest-scored tokens
             lay = Layout(r["input_ids"], r["cot_start"], r["cot_end"], r["answer_start"],
                          r["answer_end"])

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from cotprune.cli import app
-from cotprune.cli.options import (Adapter, BatchTokens, Config, Device, Dtype, Limit, Output,
-                                  Seed, TrustRemoteCode)
+from cotprune.cli.options import (
+    Adapter,
+    BatchTokens,
+    Config,
+    Device,
+    Dtype,
+    Limit,
+    Output,
+    Seed,
+    TrustRemoteCode,
+)
 
 predictor_app = typer.Typer(help="Fit and evaluate a greedy-rank predictor (prune --method "
                                  "predicted).", no_args_is_help=True)
 app.add_typer(predictor_app, name="predictor")
 
 PrunedFile = Annotated[Path, typer.Argument(help="Output of `prune --method greedy`.")]
-OptionalModel = Annotated[Optional[str], typer.Option(
+OptionalModel = Annotated[str | None, typer.Option(
     "--model", help="Pruner model (fit: default the greedy file's model; eval: the "
                     "predictor's).")]
 
