@@ -1,0 +1,156 @@
+"""Predicted pruning against greedy: held-out Spearman, J at matched lengths, seconds per chain.
+
+Trains the rank predictor on greedy-pruned chains (`--train`, one or more `prune --method greedy`
+files), then on held-out greedy chains (`--test`, ideally exact greedy):
+
+- mean per-chain Spearman of predicted vs greedy ranks for each predictor variant (mlp/linear x
+  pairwise/mse), and of each raw feature alone (attention, surprisal, entropy, position);
+- J (reason-answer NLL, nats) at each keep ratio of the test file, summed over the test chains,
+  for greedy (the file's `objective_nll`), predicted (static and `--repredict-every K`),
+  attention, surprisal and random pruning, all at floor(keep * n) kept tokens;
+- seconds per chain of predicted pruning (order + J of every ratio) against exact greedy
+  (`greedy_prune` + J), both timed in this run on the first `--timing-chains` test chains.
+
+    .venv/bin/python bench/predictor.py --train A.parquet,B.parquet --test EXACT.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+import torch
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", required=True, help="comma-separated greedy files")
+    ap.add_argument("--test", required=True, help="held-out greedy file (exact greedy)")
+    ap.add_argument("--repredict-every", type=int, default=4)
+    ap.add_argument("--timing-chains", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=300)
+    ap.add_argument("--batch-tokens", type=int, default=4096)
+    ap.add_argument("--model", default="smollm2-135m")
+    args = ap.parse_args()
+
+    from cotprune.deletion import DeletionScorer
+    from cotprune.engine import sequence_objectives
+    from cotprune.greedy import greedy_prune, kept_positions
+    from cotprune.layout import join_segments
+    from cotprune.models import ModelOptions, load_model
+    from cotprune.predictor import (FitOptions, Predictor, PredictorSpec, chain_features,
+                                    evaluate, feature_names, read_greedy, train_ranknet)
+    from cotprune.prune import kept_count, order_by_scores, random_order
+    from cotprune.score import score_batch
+
+    model, tok = load_model(ModelOptions(model=args.model, device="cpu"))
+    train = [c for f in args.train.split(",") for c in read_greedy(f)[0]]
+    test, _ = read_greedy(args.test)
+    train_ids = {c.id for c in train}
+    test = [c for c in test if c.id not in train_ids]
+    layers = model.config.num_hidden_layers
+    (train_f, test_f), feat_s = timed(lambda: [
+        chain_features(model, tok, [c.layout for c in cs], batch_tokens=args.batch_tokens)
+        for cs in (train, test)])
+    print(f"features: {len(train)} train + {len(test)} test chains in {feat_s:.1f}s",
+          file=sys.stderr, flush=True)
+
+    xs, ys = [f.matrix() for f in train_f], [c.ranks for c in train]
+    variants = {}
+    for arch in ("mlp", "linear"):
+        for loss in ("pairwise", "mse"):
+            opts = FitOptions(arch=arch, loss=loss, epochs=args.epochs)
+            net, _ = train_ranknet(xs, ys, opts)
+            spec = PredictorSpec(args.model, layers, feature_names(layers), arch,
+                                 opts.hidden, loss)
+            variants[f"{arch}-{loss}"] = Predictor(spec, net)
+    held_out = {name: evaluate(p, test, test_f) for name, p in variants.items()}
+    train_fit = {name: evaluate(p, train, train_f)["spearman"] for name, p in variants.items()}
+    predictor = variants["mlp-pairwise"]
+
+    ratios = sorted({r for c in test for r in c.kept}, reverse=True)
+    j_sums = {m: {str(r): 0.0 for r in ratios} for m in
+              ("greedy", "predicted", f"predicted-K{args.repredict_every}", "attention",
+               "surprisal", "random")}
+
+    def j_of(c, order) -> dict:
+        n = len(c.layout.cot_ids)
+        prompt = c.layout.input_ids[:c.layout.cot_start]
+        answer = c.layout.input_ids[c.layout.answer_start:c.layout.answer_end]
+        lays = [join_segments(prompt, [c.layout.cot_ids[i]
+                                       for i in kept_positions(n, order, kept_count(r, n))],
+                              answer) for r in ratios]
+        js = sequence_objectives(model, lays, "reason-answer", batch_tokens=args.batch_tokens,
+                                 pad_id=tok.pad_token_id)
+        return dict(zip(map(str, ratios), js))
+
+    table = __import__("cotprune.files", fromlist=["read_table"]).read_table(args.test)
+    greedy_j = {(r["id"], round(r["keep_ratio"], 6)): r["objective_nll"]
+                for r in table.select(["id", "keep_ratio", "objective_nll"]).to_pylist()}
+    predicted_s = []
+    for c in test:
+        n = len(c.layout.cot_ids)
+        for r in ratios:
+            j_sums["greedy"][str(r)] += greedy_j[(c.id, r)]
+        (order_js), s = timed(lambda: j_of(c, predictor.order(model, tok, c.layout,
+                                                              frozenset())))
+        predicted_s.append(s)
+        orders = {
+            f"predicted-K{args.repredict_every}": predictor.order(
+                model, tok, c.layout, frozenset(), repredict_every=args.repredict_every),
+            "random": random_order(n, 0, c.id, frozenset()),
+        }
+        scores = score_batch(model, tok, [c.layout], ["attention", "surprisal"])[0]
+        for m in ("attention", "surprisal"):
+            orders[m] = order_by_scores(scores[m], frozenset())
+        for m, js in [("predicted", order_js), *[(m, j_of(c, o)) for m, o in orders.items()]]:
+            for r, j in js.items():
+                j_sums[m][r] += j
+    print("J done", file=sys.stderr, flush=True)
+
+    greedy_s = []
+    for c in test[:args.timing_chains]:
+        n = len(c.layout.cot_ids)
+        scorer = DeletionScorer(model, "reason-answer", args.batch_tokens)
+        _, s = timed(lambda: j_of(c, greedy_prune(
+            scorer, c.layout.input_ids[:c.layout.cot_start], c.layout.cot_ids,
+            c.layout.input_ids[c.layout.answer_start:], n - kept_count(min(ratios), n)).order))
+        greedy_s.append(s)
+        print(f"exact greedy chain ({n} CoT tokens): {s:.1f}s", file=sys.stderr, flush=True)
+    k = len(greedy_s)
+    gap = {r: (j_sums["attention"][r] - j_sums["greedy"][r]) for r in map(str, ratios)}
+    report = {
+        "train": {"chains": len(train), "tokens": sum(len(y) for y in ys)},
+        "test": {"chains": len(test), "tokens": sum(len(c.layout.cot_ids) for c in test)},
+        "feature_seconds": round(feat_s, 2),
+        "held_out": held_out,
+        "train_spearman": train_fit,
+        "sum_J": {m: {r: round(v, 3) for r, v in d.items()} for m, d in j_sums.items()},
+        "gap_closed_vs_best_static": {
+            m: {r: round((best - j_sums[m][r]) / (best - j_sums["greedy"][r]), 3)
+                if (best := min(j_sums["attention"][r], j_sums["surprisal"][r]))
+                != j_sums["greedy"][r] else None for r in map(str, ratios)}
+            for m in ("predicted", f"predicted-K{args.repredict_every}")},
+        "attention_gap_to_greedy": {r: round(v, 3) for r, v in gap.items()},
+        "seconds_per_chain": {
+            "predicted_static": round(sum(predicted_s[:k]) / max(k, 1), 2),
+            "exact_greedy": round(sum(greedy_s) / max(k, 1), 2) if k else None,
+            "timing_chains": k},
+        "speedup": round(sum(greedy_s) / sum(predicted_s[:k]), 1) if k else None,
+        "torch_threads": torch.get_num_threads(),
+    }
+    print(json.dumps(report, indent=1))
+    assert all(math.isfinite(v) for d in j_sums.values() for v in d.values())
+
+
+if __name__ == "__main__":
+    main()
