@@ -44,11 +44,20 @@ def main() -> None:
 
     from cotprune.deletion import DeletionScorer
     from cotprune.engine import sequence_objectives
+    from cotprune.files import read_table
     from cotprune.greedy import greedy_prune, kept_positions
     from cotprune.layout import join_segments
     from cotprune.models import ModelOptions, load_model
-    from cotprune.predictor import (FitOptions, Predictor, PredictorSpec, chain_features,
-                                    evaluate, feature_names, read_greedy, train_ranknet)
+    from cotprune.predictor import (
+        FitOptions,
+        Predictor,
+        PredictorSpec,
+        chain_features,
+        evaluate,
+        feature_names,
+        read_greedy,
+        train_ranknet,
+    )
     from cotprune.prune import kept_count, order_by_scores, random_order
     from cotprune.score import score_batch
 
@@ -91,9 +100,9 @@ def main() -> None:
                               answer) for r in ratios]
         js = sequence_objectives(model, lays, "reason-answer", batch_tokens=args.batch_tokens,
                                  pad_id=tok.pad_token_id)
-        return dict(zip(map(str, ratios), js))
+        return dict(zip(map(str, ratios), js, strict=True))
 
-    table = __import__("cotprune.files", fromlist=["read_table"]).read_table(args.test)
+    table = read_table(args.test)
     greedy_j = {(r["id"], round(r["keep_ratio"], 6)): r["objective_nll"]
                 for r in table.select(["id", "keep_ratio", "objective_nll"]).to_pylist()}
     predicted_s = []
@@ -101,8 +110,8 @@ def main() -> None:
         n = len(c.layout.cot_ids)
         for r in ratios:
             j_sums["greedy"][str(r)] += greedy_j[(c.id, r)]
-        (order_js), s = timed(lambda: j_of(c, predictor.order(model, tok, c.layout,
-                                                              frozenset())))
+        order_js, s = timed(lambda c=c: j_of(c, predictor.order(model, tok, c.layout,
+                                                                frozenset())))
         predicted_s.append(s)
         orders = {
             f"predicted-K{args.repredict_every}": predictor.order(
@@ -121,7 +130,7 @@ def main() -> None:
     for c in test[:args.timing_chains]:
         n = len(c.layout.cot_ids)
         scorer = DeletionScorer(model, "reason-answer", args.batch_tokens)
-        _, s = timed(lambda: j_of(c, greedy_prune(
+        _, s = timed(lambda c=c, n=n, scorer=scorer: j_of(c, greedy_prune(
             scorer, c.layout.input_ids[:c.layout.cot_start], c.layout.cot_ids,
             c.layout.input_ids[c.layout.answer_start:], n - kept_count(min(ratios), n)).order))
         greedy_s.append(s)
