@@ -316,7 +316,11 @@ class Predictor:
 
     def order(self, model, tokenizer, layout: Layout, protected: frozenset[int],
               repredict_every: int | None = None) -> list[int]:
-        """Original CoT indices, first deleted first (protected never); dynamic with K."""
+        """Original CoT indices, first deleted first (protected never).
+
+        With `repredict_every=K` the ranking is dynamic: after every K deletions the features
+        are recomputed on the pruned chain (positions relative to it) and the rest re-ranked.
+        """
         if repredict_every is not None and repredict_every < 1:
             raise InputError(f"--repredict-every must be >= 1, got {repredict_every}")
         self.check_model(model)
@@ -444,9 +448,15 @@ def fit_predictor(pruned: str | Path, out: str | Path, model_opts, opts: FitOpti
     from cotprune.models import load_model
 
     start = time.perf_counter()
-    chains, _ = read_greedy(pruned, limit)
-    model, tokenizer = load_model(model_opts)
     from cotprune.attention import attention_modules
+    from cotprune.console import log
+
+    chains, manifest = read_greedy(pruned, limit)
+    greedy_model = manifest.get("model")
+    if greedy_model and model_key(greedy_model) != model_key(model_opts.model):
+        log.warning("the greedy ranks in %s come from %s; fitting features of %s", pruned,
+                    greedy_model, model_opts.model)
+    model, tokenizer = load_model(model_opts)
 
     layers = len(attention_modules(model))
     features = chain_features(model, tokenizer, [c.layout for c in chains],
