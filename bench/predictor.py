@@ -31,6 +31,38 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
+def cross_validate(chains, features, folds: int, epochs: int, layers: int) -> dict:
+    """k-fold (by chain) mean Spearman of each variant and baseline on the training chains."""
+    from cotprune.predictor import (
+        BASELINES,
+        FitOptions,
+        Predictor,
+        PredictorSpec,
+        evaluate,
+        feature_names,
+        train_ranknet,
+    )
+
+    sums: dict[str, list[float]] = {}
+    for k in range(folds):
+        test = [i for i in range(len(chains)) if i % folds == k]
+        train = [i for i in range(len(chains)) if i % folds != k]
+        if not test or not train:
+            continue
+        for arch in ("mlp", "linear"):
+            for loss in ("pairwise", "mse"):
+                net, _ = train_ranknet([features[i].matrix() for i in train],
+                                       [chains[i].ranks for i in train],
+                                       FitOptions(arch=arch, loss=loss, epochs=epochs))
+                p = Predictor(PredictorSpec("", layers, feature_names(layers), arch, 64, loss),
+                              net)
+                res = evaluate(p, [chains[i] for i in test], [features[i] for i in test])
+                sums.setdefault(f"{arch}-{loss}", []).append(res["spearman"] * len(test))
+        for b in BASELINES:
+            sums.setdefault(b, []).append(res["spearman_baselines"][b] * len(test))
+    return {name: round(sum(v) / len(chains), 4) for name, v in sums.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", required=True, help="comma-separated greedy files")
@@ -40,6 +72,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--batch-tokens", type=int, default=4096)
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--folds", type=int, default=5)
     args = ap.parse_args()
 
     from cotprune.deletion import DeletionScorer
@@ -83,6 +116,7 @@ def main() -> None:
                                  opts.hidden, loss)
             variants[f"{arch}-{loss}"] = Predictor(spec, net)
     held_out = {name: evaluate(p, test, test_f) for name, p in variants.items()}
+    cv = cross_validate(train, train_f, args.folds, args.epochs, layers)
     train_fit = {name: evaluate(p, train, train_f)["spearman"] for name, p in variants.items()}
     predictor = variants["mlp-pairwise"]
 
@@ -142,6 +176,7 @@ def main() -> None:
         "test": {"chains": len(test), "tokens": sum(len(c.layout.cot_ids) for c in test)},
         "feature_seconds": round(feat_s, 2),
         "held_out": held_out,
+        "cross_validated_on_train_files": cv,
         "train_spearman": train_fit,
         "sum_J": {m: {r: round(v, 3) for r, v in d.items()} for m, d in j_sums.items()},
         "gap_closed_vs_best_static": {
