@@ -45,8 +45,8 @@ class Progress:
         self.start = self._last = time.perf_counter()
         self._bar = None
         if sys.stderr.isatty():
-            from rich.console import Console
             from rich import progress as rp
+            from rich.console import Console
 
             self._bar = rp.Progress(
                 rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),

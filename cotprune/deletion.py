@@ -90,6 +90,7 @@ class DeletionScorer:
         self.decoder, self.head = decoder_and_head(model)
         self.device = next(model.parameters()).device
         self._prompt_key: tuple | None = None
+        self.last_nll: list[float] | None = None
         self._prompt_kv = None
 
     def _run(self, ids: torch.Tensor, past, start_pos: int):
@@ -153,11 +154,13 @@ class DeletionScorer:
                     for key, val in past]
             hidden, cache = self._run(ids, past, g - 1)
             if gi == 0:
+                self.last_nll = None
                 base = hidden[:1]
                 logp, _ = logprob_entropy(base[0], self.head, full[p:], with_entropy=False)
                 nll = torch.zeros(length, dtype=torch.float64, device=self.device)
                 nll[p:] = -logp.double()
                 base_j = float(nll[start:].sum())
+                self.last_nll = nll[p:p + m].tolist()  # surprisal of each current CoT token
                 cum = torch.cumsum(nll, 0)  # cum[t] = sum of nll[0..t]
                 kv = [(layer.keys[:1], layer.values[:1]) for layer in cache.layers]
                 hidden, ids = hidden[1:], ids[1:]

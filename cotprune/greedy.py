@@ -8,9 +8,11 @@ Exact mode (the default) scores every remaining candidate at every step with `De
 which gives the published algorithm's J values (to float tolerance) at a fraction of the cost.
 Two approximate modes trade exactness for speed:
 - `per_step=K`: delete the K best candidates of a step at once (K times fewer steps);
-- `shortlist=M`: lazy greedy; between full rescoring steps (every `refresh_every` steps) only the
-  M candidates whose deletion was cheapest last time, plus the neighbours of the last deletion
-  (whose context changed most), are rescored.
+- `shortlist=M`: lazy greedy; only the M candidates whose deletion was cheapest when last
+  scored, plus the neighbours of the last deletion (whose context changed most), are rescored.
+  Before a candidate is first scored its estimate is its surprisal (free from the step's
+  forward), so no step scores every candidate until the full refresh every `refresh_every`
+  steps.
 """
 
 from __future__ import annotations
@@ -77,7 +79,10 @@ def greedy_prune(scorer: DeletionScorer, prompt: list[int], cot: list[int], answ
     while len(traj.order) < deletions:
         state = ChainState(prompt, [cot[i] for i in positions], answer)
         allowed = [k for k, i in enumerate(positions) if i not in protected]
-        full = opts.shortlist is None or step % opts.refresh_every == 0 or not estimates
+        full = opts.shortlist is None or (step > 0 and step % opts.refresh_every == 0)
+        if not full and not estimates:  # first step of lazy greedy: surprisal as the estimate
+            scorer.candidate_objectives(state, [])
+            estimates = {positions[k]: v for k, v in enumerate(scorer.last_nll)}
         candidates = allowed if full else _shortlist(estimates, positions, allowed, last_at,
                                                      opts.shortlist)
         base_j, js = scorer.candidate_objectives(state, candidates)

@@ -28,8 +28,15 @@ from cotprune.console import Progress, log
 from cotprune.deletion import ChainState, DeletionScorer
 from cotprune.engine import check_objective, sequence_objectives
 from cotprune.errors import InputError
-from cotprune.files import (LAYOUT_FIELDS, Shard, StageOutput, extend_schema,
-                            make_manifest, read_table, validate_chains)
+from cotprune.files import (
+    LAYOUT_FIELDS,
+    Shard,
+    StageOutput,
+    extend_schema,
+    make_manifest,
+    read_table,
+    validate_chains,
+)
 from cotprune.greedy import GreedyOptions, Trajectory, greedy_prune, kept_positions
 from cotprune.layout import ChainLayout, Layout, decode, join_segments, token_texts
 from cotprune.models import ModelOptions, load_model

@@ -3,13 +3,14 @@
 # score the CoT tokens, prune them greedily at keep 0.9/0.7/0.5, compare with static baselines at
 # matched lengths, show a pruned chain and write the HTML report. A few minutes on a 2-core CPU.
 #
-# The sample chains are long (about 200 CoT tokens), so the demo uses greedy's fast mode
-# (--per-step 8 --shortlist 16); drop those two flags for exact greedy (BENCHMARKS.md: costs).
+# The sample chains are long (about 200 CoT tokens), so the demo prunes one chain with greedy's
+# fast mode (--per-step 16 --shortlist 16, one full rescoring); drop those flags for exact
+# greedy, which takes much longer on a CPU (BENCHMARKS.md gives the costs). N=3 make demo for more.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLI=${CLI:-.venv/bin/cotprune}
 OUT=${OUT:-out/demo}
-N=${N:-2}
+N=${N:-1}
 rm -rf "$OUT"
 mkdir -p "$OUT"
 
@@ -17,7 +18,7 @@ $CLI show data/arithmetic.parquet --limit 1
 $CLI score data/arithmetic.parquet -o "$OUT/scores.parquet" --limit "$N" \
     --scorer surprisal,entropy,attention
 $CLI prune data/arithmetic.parquet -o "$OUT/greedy.parquet" --limit "$N" \
-    --method greedy --keep 0.9,0.7,0.5 --per-step 8 --shortlist 16
+    --method greedy --keep 0.9,0.7,0.5 --per-step 16 --shortlist 16 --refresh-every 100
 for method in surprisal attention random; do
   $CLI prune data/arithmetic.parquet -o "$OUT/$method.parquet" --limit "$N" \
       --method "$method" --keep 0.9,0.7,0.5

@@ -45,8 +45,13 @@ def save_tiny_model(path: Path, tokenizer_dir: Path, *, arch: str = "llama", see
                     layers: int = 2, hidden: int = 32) -> Path:
     """A randomly initialised causal LM (2 layers, hidden 32) saved with a real tokenizer."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, \
-        Qwen2ForCausalLM
+    from transformers import (
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     vocab = len(tok)

@@ -2,8 +2,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import run_cli, summary_of
+
 from cotprune.files import read_table
 
 

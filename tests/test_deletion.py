@@ -1,10 +1,10 @@
 import pytest
+from greedy_reference import full_objective, reference_greedy
 
 from cotprune.deletion import ChainState, DeletionScorer, group_candidates
 from cotprune.greedy import GreedyOptions, greedy_prune, kept_positions
 from cotprune.layout import ChainLayout
 from cotprune.models import ModelOptions, load_model
-from greedy_reference import full_objective, reference_greedy
 
 COTS = ["We add 3 and 4 to get 7, so it is seven.",
         "First 12 minus 5 is 7. Then 7 times 2 is 14, check: 14/2=7."]

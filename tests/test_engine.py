@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cotprune.engine import (logprob_entropy, plan_batches, sequence_objectives)
+from cotprune.engine import logprob_entropy, plan_batches, sequence_objectives
 from cotprune.layout import ChainLayout
 from cotprune.models import ModelOptions, load_model
 

@@ -2,8 +2,17 @@ import pyarrow as pa
 import pytest
 
 from cotprune.errors import InputError
-from cotprune.files import (Shard, StageOutput, StreamingWriter, extend_schema, make_manifest,
-                            read_manifest, read_table, validate_chains, write_table)
+from cotprune.files import (
+    Shard,
+    StageOutput,
+    StreamingWriter,
+    extend_schema,
+    make_manifest,
+    read_manifest,
+    read_table,
+    validate_chains,
+    write_table,
+)
 
 SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("x", pa.int32())])
 

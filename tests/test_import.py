@@ -3,8 +3,8 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import GSM8K, run_cli, summary_of
+
 from cotprune.files import read_manifest, read_table
 from cotprune.importers import last_boxed, strip_calculator
 

@@ -2,8 +2,8 @@ import math
 
 import pyarrow as pa
 import pytest
-
 from conftest import run_cli, summary_of
+
 from cotprune.files import CHAIN_SCHEMA, read_table, write_table
 from cotprune.layout import decode
 from cotprune.models import load_tokenizer

@@ -10,14 +10,6 @@ import sys
 
 import typer
 
-
-
-def _click_kind(error: BaseException) -> str | None:
-    """'Exit', 'Abort' or 'ClickException' for click's exceptions, whichever copy of click
-    raised them (recent typer vendors its own), else None."""
-    names = {c.__name__ for c in type(error).__mro__}
-    return next((n for n in ("Exit", "Abort", "ClickException") if n in names), None)
-
 from cotprune.errors import InputError
 
 app = typer.Typer(
@@ -30,13 +22,15 @@ app = typer.Typer(
 )
 
 # Registering commands: each module adds its commands to `app` on import.
-from cotprune.cli import chains  # noqa: E402,F401
-from cotprune.cli import score  # noqa: E402,F401
-from cotprune.cli import generate  # noqa: E402,F401
-from cotprune.cli import prune  # noqa: E402,F401
-from cotprune.cli import predictor  # noqa: E402,F401
-from cotprune.cli import report  # noqa: E402,F401
-from cotprune.cli import rl  # noqa: E402,F401
+# In pipeline order, which is the order `--help` lists them in.
+from cotprune.cli import chains, score, prune, predictor, generate, rl, report  # noqa: E402,F401,I001
+
+
+def _click_kind(error: BaseException) -> str | None:
+    """'Exit', 'Abort' or 'ClickException' for click's exceptions, whichever copy of click
+    raised them (recent typer vendors its own), else None."""
+    names = {c.__name__ for c in type(error).__mro__}
+    return next((n for n in ("Exit", "Abort", "ClickException") if n in names), None)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,8 +8,21 @@ from typing import Annotated, Optional
 import typer
 
 from cotprune.cli import app
-from cotprune.cli.options import (Adapter, BatchTokens, Config, Device, Dtype, Limit, Model,
-                                  Output, Resume, Seed, ShardSpec, TrustRemoteCode, parse_list)
+from cotprune.cli.options import (
+    Adapter,
+    BatchTokens,
+    Config,
+    Device,
+    Dtype,
+    Limit,
+    Model,
+    Output,
+    Resume,
+    Seed,
+    ShardSpec,
+    TrustRemoteCode,
+    parse_list,
+)
 
 
 @app.command("prune")
