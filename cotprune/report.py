@@ -25,26 +25,25 @@ from cotprune.console import log
 from cotprune.errors import InputError
 from cotprune.files import read_manifest, read_table, require_columns
 from cotprune.report_plots import (
-    FORKING_RHO,
+    CSS,
+    FILTER_JS,
     Png,
     colour_of,
     css_gradient,
     deletion_ranks,
-    forking_tokens,
-    histogram_plot,
     normalise,
     objective_plot,
     pareto_front,
     pareto_plot,
     sample_ids,
+    score_columns,
+    scores_section,
     trace_plot,
-    visible,
 )
 
 PRUNED_COLUMNS = ("keep_ratio", "kept_positions", "method", "objective_nll", "original_tokens",
                   "kept_tokens")
 EVAL_COLUMNS = ("prediction", "correct", "generated_tokens", "truncated")
-NOT_SCORES = {"objective_trace"}
 RATIO_TOL = 1e-4
 
 
@@ -85,16 +84,6 @@ class Input:
 
 
 # --- reading and telling kinds apart --------------------------------------------------------
-
-def score_columns(table: pa.Table) -> list[str]:
-    """The list<float> columns of a scores file (one value per CoT token)."""
-    out = []
-    for f in table.schema:
-        if (pa.types.is_list(f.type) or pa.types.is_large_list(f.type)) \
-                and pa.types.is_floating(f.type.value_type) and f.name not in NOT_SCORES:
-            out.append(f.name)
-    return out
-
 
 def detect_kind(table: pa.Table, file: str) -> str:
     """'pruned', 'eval' or 'scores', from the columns (SPEC "Files"); else an InputError."""
@@ -244,11 +233,12 @@ def method_sort_key(row: dict) -> tuple:
 
 
 def pruned_section(inputs: list[Input], scores: list[Input], opts: ReportOptions,
-                   texts: TokenTexts, pngs: list[Png], notes: list[str]) -> str:
+                   texts: TokenTexts, pngs: list[Png], notes: list[str]) -> tuple[str, str]:
+    """The J summary (table and plots) and the per-chain view, as two sections."""
     tables = [i.table for i in inputs]
     ratios = present_ratios(tables)
     if not ratios:
-        return "<section><h2>Pruned chains</h2><p>The pruned files hold no rows.</p></section>"
+        return "<section><h2>Pruned chains</h2><p>The pruned files hold no rows.</p></section>", ""
     ratio = choose_ratio(ratios, opts.keep)
     if opts.color_by != "greedy" and not any(opts.color_by in s.table.column_names
                                              for s in scores):
@@ -303,11 +293,14 @@ def pruned_section(inputs: list[Input], scores: list[Input], opts: ReportOptions
     scale = ("when greedy deletes it (blue: deleted first, orange: kept longest)"
              if opts.color_by == "greedy" else
              f"its {html.escape(opts.color_by)} score, min-max per chain (blue low, orange high)")
-    return f"""<section id="pruned"><h2>Pruned chains</h2>
-<h3>Mean J (nats) per method and keep ratio</h3>{table_html}
+    summary_html = f"""<section id="pruned"><h2>Pruning: J per method and keep ratio</h2>
+<p>J is the summed negative log-likelihood (nats) under the pruner model of the kept CoT
+tokens plus the answer (or of the answer alone, with <code>--objective answer</code>). Methods
+keep the same number of tokens at a ratio, so at equal ratio lower J is better. Mean over all
+rows.</p>{table_html}
 <div class="figs"><figure><img src="{png.data_uri()}" alt="mean J per method"><figcaption>
-Mean J against keep ratio.</figcaption></figure>{trace_html}</div>
-<h3>Chains at keep ratio {ratio:g}</h3>
+Mean J against keep ratio.</figcaption></figure>{trace_html}</div></section>"""
+    view_html = f"""<section id="chain-view"><h2>Pruned chains at keep ratio {ratio:g}</h2>
 <p>Each CoT token is coloured by {scale}
 <span class="legend" style="background:{css_gradient()}"></span>.
 Deleted tokens are <s class="t">struck through</s>. Hover a token for its position and value.
@@ -315,6 +308,7 @@ Other ratios: <code>--keep</code> ({", ".join(f"{r:g}" for r in ratios)}).</p>
 <p><label>Filter by chain id: <input id="filter" type="search" placeholder="id contains..."></label>
 <span id="shown">{len(ids)}</span> of {len(ids)} shown</p>
 <div id="chains">{chains_html}</div></section>"""
+    return summary_html, view_html
 
 
 def chain_html(cid: str, rows: list[tuple[Input, dict]], score_rows: dict[str, dict],
@@ -416,95 +410,7 @@ tokens and higher accuracy).
 <th>truncated</th><th>Pareto</th></tr>{rows}</table></section>"""
 
 
-# --- score files ----------------------------------------------------------------------------
-
-def check_aligned(table: pa.Table, column: str, file: str) -> None:
-    """A score column must have one value per CoT token in every row."""
-    same = pc.equal(pc.list_value_length(table["cot_tokens"]),
-                    pc.list_value_length(table[column])).to_pylist()
-    for k, ok in enumerate(same):
-        if ok is False:
-            raise InputError("length differs from cot_tokens", file=file,
-                             row=table["id"][k].as_py(), column=column)
-
-
-
-
-def scores_section(inp: Input, index: int, pngs: list[Png]) -> str:
-    t = inp.table
-    cols = score_columns(t)
-    for c in cols:
-        check_aligned(t, c, inp.name)
-    flat = {c: pc.list_flatten(t[c]).to_numpy(zero_copy_only=False).astype(np.float64)
-            for c in cols}
-    fork_html, marks = "", {}
-    if "entropy" in flat:
-        tokens = [str(x) for x in pc.list_flatten(t["cot_tokens"]).to_pylist()]
-        threshold, rows = forking_tokens(tokens, flat["entropy"])
-        marks["entropy"] = threshold
-        body = "".join(f"<tr><td><code>{html.escape(visible(tok))}</code></td><td>{k}</td>"
-                       f"<td>{n}</td><td>{k / n:.0%}</td><td>{h:.3f}</td></tr>"
-                       for tok, k, n, h in rows)
-        fork_html = f"""<h3>Forking tokens (highest entropy)</h3>
-<p>Tokens whose entropy reaches the top {FORKING_RHO:.0%} of all CoT tokens
-(entropy &ge; {threshold:.3f} nats), counted by text; the most frequent {len(rows)}.</p>
-<table class="summary forking"><tr><th>token</th><th>forking count</th><th>occurrences</th>
-<th>share forking</th><th>mean entropy when forking</th></tr>{body}</table>"""
-    png = histogram_plot(flat, f"scores-{index}-histograms.png", marks)
-    pngs.append(png)
-    stats = "".join(
-        f"<tr><th>{html.escape(c)}</th><td>{v.size}</td><td>{np.nanmean(v):.3f}</td>"
-        f"<td>{np.nanmedian(v):.3f}</td><td>{np.nanmin(v):.3f}</td><td>{np.nanmax(v):.3f}</td></tr>"
-        if v.size else f"<tr><th>{html.escape(c)}</th><td>0</td><td colspan=4>-</td></tr>"
-        for c, v in flat.items())
-    return f"""<section class="scores"><h2>Scores: {html.escape(inp.name)}</h2>
-<p>{t.num_rows} chains, {len(cols)} score columns over all CoT tokens.</p>
-<figure><img src="{png.data_uri()}" alt="score histograms"><figcaption>Distribution of each
-score over CoT tokens{"; dashed: the forking threshold" if marks else ""}.</figcaption></figure>
-<table class="summary"><tr><th>score</th><th>tokens</th><th>mean</th><th>median</th><th>min</th>
-<th>max</th></tr>{stats}</table>{fork_html}</section>"""
-
-
 # --- the page -------------------------------------------------------------------------------
-
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#212529;margin:0;
-background:#f8f9fa}
-main{max-width:1180px;margin:0 auto;padding:16px 24px 48px}
-h1{font-size:24px;margin:8px 0 4px}h2{font-size:19px;border-bottom:2px solid #dee2e6;
-padding-bottom:4px;margin-top:32px}h3{font-size:15px;margin:20px 0 8px}h4{margin:0 0 6px;
-font-size:14px;font-family:ui-monospace,monospace}
-section{background:#fff;border:1px solid #e9ecef;border-radius:6px;padding:4px 18px 16px;
-margin-top:18px}
-table.summary{border-collapse:collapse;margin:8px 0;font-size:13px}
-table.summary th,table.summary td{border:1px solid #dee2e6;padding:3px 9px;text-align:right}
-table.summary th{background:#f1f3f5}table.summary td:first-child{text-align:left}
-tr.front td{background:#fff4e6;font-weight:600}
-.figs{display:flex;flex-wrap:wrap;gap:16px}figure{margin:8px 0}
-figure img{max-width:100%;border:1px solid #e9ecef}figcaption{font-size:12px;color:#6c757d}
-.notes{background:#fff9db;border:1px solid #ffe066;border-radius:6px;padding:6px 14px}
-.chain{border:1px solid #dee2e6;border-radius:6px;padding:8px 12px;margin:10px 0}
-.q,.a{margin:4px 0;color:#495057}.run{margin:6px 0}
-.run-head{font-size:12px;color:#495057;margin-bottom:2px}
-.toks{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:13px;line-height:1.9;
-white-space:pre-wrap;word-break:break-word}
-.t{border-radius:2px;padding:1px 0}s.t{color:#868e96;text-decoration-color:#c92a2a;
-text-decoration-thickness:2px;opacity:.75}
-.legend{display:inline-block;width:140px;height:12px;vertical-align:middle;
-border:1px solid #ced4da;border-radius:2px}
-input#filter{font:inherit;padding:3px 6px;width:220px}
-code{background:#f1f3f5;padding:0 3px;border-radius:3px}
-"""
-
-FILTER_JS = """
-(function(){var box=document.getElementById('filter');if(!box)return;
-box.addEventListener('input',function(){var q=box.value.toLowerCase(),n=0;
-document.querySelectorAll('.chain').forEach(function(c){
-var hit=c.getAttribute('data-id').toLowerCase().indexOf(q)>=0;
-c.style.display=hit?'':'none';if(hit)n++;});
-document.getElementById('shown').textContent=n;});})();
-"""
-
 
 def inputs_html(inputs: list[Input]) -> str:
     rows = "".join(
@@ -521,10 +427,11 @@ def render_page(inputs: list[Input], opts: ReportOptions) -> tuple[str, list[Png
     notes: list[str] = []
     texts = TokenTexts(opts.tokenizer)
     by_kind = {k: [i for i in inputs if i.kind == k] for k in ("pruned", "eval", "scores")}
-    sections = []
+    sections, chain_view = [], ""
     if by_kind["pruned"]:
-        sections.append(pruned_section(by_kind["pruned"], by_kind["scores"], opts, texts,
-                                       pngs, notes))
+        summary_html, chain_view = pruned_section(by_kind["pruned"], by_kind["scores"], opts,
+                                                  texts, pngs, notes)
+        sections.append(summary_html)
     elif opts.color_by != "greedy":
         raise InputError("--color-by colours pruned chains; give a pruned file too")
     if by_kind["eval"]:
@@ -532,7 +439,8 @@ def render_page(inputs: list[Input], opts: ReportOptions) -> tuple[str, list[Png
     elif opts.labels:
         raise InputError("--label names eval runs; no input is an eval results file")
     for k, inp in enumerate(by_kind["scores"]):
-        sections.append(scores_section(inp, k, pngs))
+        sections.append(scores_section(inp.table, inp.name, k, pngs))
+    sections.append(chain_view)  # long, so after the overview sections
     notes = notes + list(dict.fromkeys(texts.notes))
     notes_html = ("<div class=\"notes\">" + "".join(f"<p>{html.escape(n)}</p>" for n in notes)
                   + "</div>") if notes else ""

@@ -31,8 +31,10 @@ def report_cmd(
         "--max-chains", help="Show at most this many chains (a seeded random sample).")] = 50,
     seed: Seed = 0,
 ) -> None:
-    """Write DIR/index.html: a self-contained page with the pruned chains, J per method and
-    ratio, accuracy against generated tokens with the Pareto front, and score distributions."""
+    """Write DIR/index.html: pruned chains, J per method, accuracy vs tokens, score plots.
+
+    One self-contained page (inline CSS and images, no network) plus the PNGs it embeds.
+    """
     from cotprune.console import emit_summary
     from cotprune.report import ReportOptions, write_report
 
