@@ -98,8 +98,7 @@ class DeletionScorer:
         from transformers import DynamicCache
 
         b, t = ids.shape
-        cache = DynamicCache(ddp_cache_data=past, config=self.model.config) if past \
-            else DynamicCache(config=self.model.config)
+        cache = DynamicCache(ddp_cache_data=past, config=self.model.config)
         positions = torch.arange(start_pos, start_pos + t, device=self.device).expand(b, t)
         mask = torch.ones((b, start_pos + t), dtype=torch.long, device=self.device)
         out = self.decoder(input_ids=ids, past_key_values=cache, position_ids=positions,
@@ -154,9 +153,7 @@ class DeletionScorer:
                     for key, val in past]
             hidden, cache = self._run(ids, past, g - 1)
             if gi == 0:
-                self.last_nll = None
-                base = hidden[:1]
-                logp, _ = logprob_entropy(base[0], self.head, full[p:], with_entropy=False)
+                logp, _ = logprob_entropy(hidden[0], self.head, full[p:], with_entropy=False)
                 nll = torch.zeros(length, dtype=torch.float64, device=self.device)
                 nll[p:] = -logp.double()
                 base_j = float(nll[start:].sum())
