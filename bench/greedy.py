@@ -58,7 +58,10 @@ def timed(fn):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--chains", type=int, default=3)
+    ap.add_argument("--min-cot", type=int, default=1)
     ap.add_argument("--max-cot", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=None,
+                    help="Stop after this many deletions (to time long chains).")
     ap.add_argument("--keep", type=float, default=0.5)
     ap.add_argument("--batch-tokens", type=int, default=4096)
     ap.add_argument("--skip-baseline", action="store_true")
@@ -76,7 +79,7 @@ def main() -> None:
     layouts = []
     for c in import_chains(str(GSM8K), "gsm8k", limit=500):
         lay = layouter.layout(c["question"], c["cot"], c["answer"])
-        if len(lay.cot_ids) <= args.max_cot:
+        if args.min_cot <= len(lay.cot_ids) <= args.max_cot:
             layouts.append(lay)
         if len(layouts) == args.chains:
             break
@@ -92,6 +95,8 @@ def main() -> None:
         answer = lay.input_ids[lay.answer_start:]
         n = len(cot)
         deletions = n - math.floor(args.keep * n + 1e-9)
+        if args.steps is not None:
+            deletions = min(deletions, args.steps)
 
         def final_j(order):
             kept = [cot[i] for i in kept_positions(n, order, n - deletions)]
