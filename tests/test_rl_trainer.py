@@ -144,7 +144,7 @@ TINY = ["--max-steps", "2", "--prompts-per-step", "2", "--num-generations", "2",
 def test_cli_bad_input_exits_2_without_output(tiny_qwen_model, tmp_path):
     prompts = _prompts(tmp_path)
     cases = [["--reward", "nope"], ["--token-select", "half"],
-             ["--reward", "bingo", "--significance", "attention"],
+             ["--reward", "bingo", "--significance", "bogus"],
              ["--advantage", "rloo", "--num-generations", "1"], ["--rho", "0"]]
     for extra in cases:
         out = tmp_path / "out"

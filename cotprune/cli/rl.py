@@ -38,7 +38,9 @@ def rl_cmd(
     reward: Annotated[str, _opt("--reward", help="accuracy|length|bingo.")] = "accuracy",
     alpha: Annotated[float, _opt("--alpha", help="length: penalty weight.")] = 0.1,
     significance: Annotated[str, _opt(
-        "--significance", help="bingo: token significance scorer (surprisal).")] = "surprisal",
+        "--significance", help="bingo: token significance scorer: surprisal | attention "
+        "(received from later response tokens) | predictor:PATH (a `predictor fit` artifact "
+        "for --model) | model:PATH (a token classifier, LLMLingua-2 style).")] = "surprisal",
     tau: Annotated[float, _opt("--tau", help="bingo: insignificance threshold.")] = 0.5,
     overlong_buffer: Annotated[int, _opt(
         "--overlong-buffer", help="DAPO overlong shaping over the last N tokens (0: off).")] = 0,

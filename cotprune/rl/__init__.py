@@ -6,6 +6,7 @@
   and NAT's unbiased subsets URS / RPC with Horvitz-Thompson weights (arXiv 2603.06619).
 - `loss`: the per-token PPO-clip term and the grpo / dapo / dr_grpo aggregations.
 - `update`: one step's policy update (micro-batches, real truncation for RPC).
-- `rollout`: sampling, grading and significance counts.
+- `rollout`: sampling and grading.
+- `significance`: Bingo's per-token significance (surprisal, attention, predictor, classifier).
 - `trainer`: the loop, metrics, checkpoints and `--resume`.
 """

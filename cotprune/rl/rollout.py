@@ -1,4 +1,4 @@
-"""Sampling the group responses, grading them, and counting significant tokens for Bingo.
+"""Sampling the group responses and grading them (Bingo's significance: `rl.significance`).
 
 Generation is HF `generate` with the policy in eval mode and a KV cache, left-padded batches
 (`generation.pad_left`), stopping at EOS or end of turn (`generation.stop_token_ids`). The
@@ -13,12 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from cotprune.errors import InputError
 from cotprune.generation import finish_response, pad_left, response_answer
 from cotprune.grading import is_correct
-from cotprune.rl.rewards import significance_counts
-
-SIGNIFICANCE = ("surprisal",)  # scorers usable inside the RL loop
 
 
 @dataclass
@@ -36,19 +32,6 @@ class Rollout:
     @property
     def length(self) -> int:
         return len(self.response_ids)
-
-
-def check_significance(spec: str) -> str:
-    """Only scorers that can run on the policy's fresh responses inside the loop are accepted."""
-    if spec in SIGNIFICANCE:
-        return spec
-    kind = spec.split(":", 1)[0]
-    if kind in ("attention", "predictor", "model"):
-        raise InputError(f"--significance {spec}: not available inside `rl` in this version "
-                         "(the attention/predictor/token-classifier scorers need the score "
-                         "stage's layouts); use --significance surprisal")
-    raise InputError(f"--significance must be surprisal (attention, predictor:PATH and "
-                     f"model:PATH are not wired into rl yet), got {spec!r}")
 
 
 @torch.no_grad()
@@ -86,8 +69,3 @@ def grade(tokenizer, response_ids: Sequence[int], reference: str | None) -> tupl
     text = tokenizer.decode(list(response_ids), skip_special_tokens=True,
                             clean_up_tokenization_spaces=False)
     return text, bool(reference is not None and is_correct(response_answer(text), reference))
-
-
-def surprisal_counts(logps: Sequence[torch.Tensor], tau: float = 0.5) -> list[tuple[int, int]]:
-    """(N_low, N_high) per response with significance = surprisal = -log p (high = significant)."""
-    return [significance_counts((-lp).tolist(), tau) for lp in logps]

@@ -13,6 +13,7 @@ resumable state) and model/ (the final adapter or model, with its tokenizer).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -28,18 +29,12 @@ from cotprune.errors import InputError
 from cotprune.files import make_manifest, read_table, validate_chains
 from cotprune.models import ModelOptions
 from cotprune.rl import rewards as R
-from cotprune.rl.rollout import (
-    Rollout,
-    check_significance,
-    grade,
-    sample_responses,
-    surprisal_counts,
-)
+from cotprune.rl.rollout import Rollout, grade, sample_responses
+from cotprune.rl.significance import ResponseSignificance, parse_significance, score_counts
 from cotprune.rl.update import (
     PolicyPair,
     Sample,
     UpdateConfig,
-    batched_logprobs,
     policy_update,
 )
 
@@ -80,8 +75,7 @@ class RLOptions:
             raise InputError(f"--reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
         if self.advantage not in R.ADVANTAGES:
             raise InputError(f"--advantage must be one of {', '.join(R.ADVANTAGES)}")
-        if self.reward == "bingo":
-            check_significance(self.significance)
+        parse_significance(self.significance)
         for flag, value, low in [("--max-steps", self.max_steps, 1),
                                  ("--prompts-per-step", self.prompts_per_step, 1),
                                  ("--num-generations", self.num_generations, 1),
@@ -167,11 +161,17 @@ class Trainer:
         self.prompts = load_prompts(opts)
         self.out = Path(opts.output)
         self.check_output()
+        self.scorer = ResponseSignificance(
+            parse_significance(opts.significance), model_opts.model,
+            trust_remote_code=model_opts.trust_remote_code) if opts.reward == "bingo" else None
         self.pair, self.tokenizer = build_policy(model_opts, opts, self.rank, self.world)
         self.device = next(self.pair.policy.parameters()).device
         layout = ChainLayout(self.tokenizer)
         self.prompt_ids = [layout.prompt_ids(p["question"]) for p in self.prompts]
         self.stop_ids = stop_token_ids(self.tokenizer, layout)
+        if self.scorer is not None:
+            self.scorer.bind(self.pair.policy, self.tokenizer, self.stop_ids,
+                             batch_tokens=cfg.batch_tokens)
         params = [p for p in self.pair.policy.parameters() if p.requires_grad]
         lr = opts.lr if opts.lr is not None else (1e-5 if opts.full else 1e-4)
         self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -212,9 +212,10 @@ class Trainer:
                                     max_new_tokens=self.opts.max_new_tokens, temperature=1.0,
                                     stop_ids=self.stop_ids, batch_size=self.opts.generation_batch,
                                     greedy=True)
-            lps, _ = batched_logprobs(ref, [self.prompt_ids[i] for i in mine],
-                                      [o[0] for o in outs], batch_tokens=self.cfg.batch_tokens)
-        for i, c in zip(mine, surprisal_counts(lps, self.opts.tau)):
+            # the same scorer as the samples, on the frozen initial policy
+            found = score_counts(self.scorer, ref, [self.prompt_ids[i] for i in mine],
+                                 [o[0] for o in outs], self.opts.tau)
+        for i, c in zip(mine, found):
             counts[missing.index(i)] = torch.tensor(c, dtype=torch.float64)
         if self.world > 1:
             import torch.distributed as dist
@@ -222,6 +223,17 @@ class Trainer:
             dist.all_reduce(counts)
         for k, i in enumerate(missing):
             self.ref_counts[i] = (int(counts[k, 0]), int(counts[k, 1]))
+
+    def sample_counts(self, rollouts: list[Rollout]) -> dict[int, tuple[int, int]]:
+        """Bingo: (N_low, N_high) of each sampled response by slot, scored by the policy (the
+        frozen initial policy for a predictor, which is bound to the model it was fitted on)."""
+        prompts = [r.prompt_ids for r in rollouts]
+        responses = [r.response_ids for r in rollouts]
+        ctx = self.pair.reference() if self.scorer.frozen_only \
+            else contextlib.nullcontext(self.pair.policy)
+        with ctx as model:
+            found = score_counts(self.scorer, model, prompts, responses, self.opts.tau)
+        return {r.slot: c for r, c in zip(rollouts, found)}
 
     def rollouts(self, indices: list[int]) -> list[Rollout]:
         g = self.opts.num_generations
@@ -273,12 +285,7 @@ class Trainer:
         if o.reward == "bingo":
             self.reference_counts(indices)
         rollouts = self.rollouts(indices)
-        extra = {}
-        if o.reward == "bingo":
-            lps, _ = batched_logprobs(self.pair.policy, [r.prompt_ids for r in rollouts],
-                                      [r.response_ids for r in rollouts],
-                                      batch_tokens=self.cfg.batch_tokens)
-            extra = {r.slot: c for r, c in zip(rollouts, surprisal_counts(lps, o.tau))}
+        extra = self.sample_counts(rollouts) if o.reward == "bingo" else {}
         facts = self.gather_slots(rollouts, extra)
         rewards = self.rewards(facts, indices)
         adv = R.group_advantages(rewards, o.advantage).reshape(-1)
