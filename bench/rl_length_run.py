@@ -57,34 +57,47 @@ def moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
-def plot(metrics: str, png: str, window: int) -> None:
+def read_metrics(path: str) -> list[dict]:
+    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+
+
+PANELS = [("mean_length", "mean response length (tokens)"), ("accuracy", "accuracy"),
+          ("truncated_frac", "truncated fraction"), ("reward_mean", "mean reward")]
+
+
+def plot(metrics: str, png: str, window: int, baseline: str | None = None) -> None:
+    """Per-step values (thin) and their trailing moving average (thick) of each panel's metric;
+    a baseline run (e.g. `--reward accuracy`, same sizes) in orange when given."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(ln) for ln in Path(metrics).read_text().splitlines() if ln.strip()]
-    steps = [r["step"] for r in rows]
-    panels = [("mean_length", "mean response length (tokens)"), ("accuracy", "accuracy"),
-              ("reward_mean", "mean reward")]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 8), sharex=True)
-    for ax, (key, label) in zip(axes, panels):
-        values = [float(r[key]) for r in rows]
-        ax.plot(steps, values, color="0.75", lw=1, label="per step")
-        ax.plot(steps, moving_average(values, window), color="C0", lw=2,
-                label=f"moving average ({window})")
+    runs = [("--reward length", read_metrics(metrics), "C0")]
+    if baseline:
+        runs.append(("--reward accuracy (baseline)", read_metrics(baseline), "C1"))
+    fig, axes = plt.subplots(len(PANELS), 1, figsize=(7, 10), sharex=True)
+    for ax, (key, label) in zip(axes, PANELS):
+        for name, rows, color in runs:
+            steps = [r["step"] for r in rows]
+            values = [float(r[key]) for r in rows]
+            ax.plot(steps, values, color=color, alpha=0.3, lw=1)
+            ax.plot(steps, moving_average(values, window), color=color, lw=2,
+                    label=f"{name}, moving average ({window})")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(loc="upper right")
-    axes[-1].set_xlabel("RL step")
-    fig.suptitle("cotprune rl --reward length, smollm2-135m (CPU)")
+    axes[0].legend(loc="upper right", fontsize=8)
+    axes[-1].set_xlabel("RL step (thin lines: per step)")
+    fig.suptitle("cotprune rl, smollm2-135m (CPU), one-operation arithmetic prompts")
     fig.tight_layout()
     Path(png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
-    first, last = rows[:window], rows[-window:]
-    summary = {k: [round(sum(r[k] for r in part) / len(part), 3) for part in (first, last)]
-               for k, _ in panels}
-    print(json.dumps({"png": png, "steps": len(rows), f"first/last {window} steps": summary}))
+    for name, rows, _ in runs:
+        first, last = rows[:window], rows[-window:]
+        summary = {k: [round(sum(r[k] for r in part) / len(part), 3) for part in (first, last)]
+                   for k, _ in PANELS}
+        print(json.dumps({"run": name, "png": png, "steps": len(rows),
+                          f"first/last {window} steps": summary}))
 
 
 def main() -> None:
@@ -94,13 +107,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--top", type=int, default=9, help="largest operand")
     ap.add_argument("--plot", help="a run's metrics.jsonl")
+    ap.add_argument("--baseline", help="a baseline run's metrics.jsonl, drawn beside --plot")
     ap.add_argument("--png", default="docs/rl_length_run.png")
     ap.add_argument("--window", type=int, default=5)
     args = ap.parse_args()
     if args.prompts:
         write_prompts(args.prompts, args.n, args.seed, args.top)
     if args.plot:
-        plot(args.plot, args.png, args.window)
+        plot(args.plot, args.png, args.window, args.baseline)
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ def gpt2_setup(tiny_gpt2_model):
     responses = [cot + answer + [stop[0]],  # stopped, with the answer marker
                  free,                      # truncated, no marker
                  free[:5] + [stop[0]],      # stopped, no marker
-                 [stop[0]]]                 # only the stop token
-    prompts = [prompt, prompt[:-1], prompt, prompt]
+                 [stop[0]],                 # only the stop token
+                 tok("The answer is 7.", add_special_tokens=False)["input_ids"] + [stop[0]]]
+    prompts = [prompt, prompt[:-1], prompt, prompt, prompt]  # the last: no CoT before the marker
     return _model(tiny_gpt2_model), tok, stop, prompts, responses, len(cot)
 
 
@@ -206,6 +207,7 @@ def test_predictor_scores_the_cot_and_tops_the_answer(gpt2_setup, tiny_gpt2_mode
     chain = join_segments(prompts[1], free, ChainLayout(tok).answer_ids("7"))
     assert got[1] == pytest.approx(predictor.scores(chain_features(model, tok, [chain]))[0],
                                    abs=1e-6)
+    assert got[4] == [0.0] * len(responses[4])  # all answer: no CoT score to top
 
 
 def test_predictor_for_another_model_is_refused(predictor_path, tiny_qwen_model):
