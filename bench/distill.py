@@ -3,7 +3,8 @@
 Same student (default smollm2-135m), same data (synth chains laid out by `layout.ChainLayout`),
 same LoRA (r 16, alpha 32, dropout 0.05, all linear layers), max length, learning rate, schedule
 (cosine, no warm-up) and one epoch. Effective batch: TRL takes B rows per step, cotprune a token
-budget of B x the mean sequence length (about B rows). Both put the loss on the completion
+budget of B x the longest sequence (padded, length-grouped: at least B rows per step, so never
+smaller batches than TRL's). Both put the loss on the completion
 (CoT + answer) only. Each framework trains in its own subprocess, so its peak memory (max RSS
 on CPU, max_memory_allocated on GPU) is its own. Afterwards one function measures each trained
 student's mean NLL per CoT+answer token on the training chains: "loss after the same tokens"
@@ -79,15 +80,17 @@ def run_cotprune(args, work: Path) -> dict:
     from cotprune.training import build_example
 
     cl = ChainLayout(tok)
-    mean_len = sum(len(build_example(cl, r["question"], r["cot"], r["answer"]))
-                   for r in rows) / len(rows)
+    # B rows of the longest chain: every micro-batch holds at least the B rows TRL takes per step
+    longest = max(len(build_example(cl, r["question"], r["cot"], r["answer"])) for r in rows)
     opts = DistillOptions(LoraOptions(16, 32, 0.05, "all-linear"), epochs=1.0, lr=args.lr,
-                          warmup_ratio=0.0, batch_tokens=int(args.batch * mean_len),
+                          warmup_ratio=0.0, batch_tokens=args.batch * longest,
                           max_length=args.max_length, packing=args.packing,
                           save_every=10**6, seed=args.seed)
     model_opts = ModelOptions(args.model, dtype="float32", device=args.device)
     out = work / "cotprune-out"
+    cpu_start = time.process_time()
     run_distill(data, out, model_opts, opts)
+    cpu_s = time.process_time() - cpu_start
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     seconds = sum(m["tokens"] / m["tokens_per_s"] for m in metrics)
     tokens = sum(m["tokens"] for m in metrics)
@@ -97,7 +100,8 @@ def run_cotprune(args, work: Path) -> dict:
                                                device=args.device))
     nll = mean_target_nll(model, tokenizer, rows, model.device)
     return {"framework": "cotprune", "steps": len(metrics), "tokens": tokens,
-            "train_s": seconds, "tokens_per_s": tokens / seconds,
+            "train_s": seconds, "tokens_per_s": tokens / seconds, "cpu_s": cpu_s,
+            "tokens_per_cpu_s": tokens / cpu_s,
             "peak_mb": peak_memory_mb(args.device), "final_nll": nll,
             "batch_tokens": opts.batch_tokens}
 
@@ -141,14 +145,15 @@ def run_baseline(args, work: Path) -> dict:
     trainer = SFTTrainer(model=model, args=config, train_dataset=_trl_dataset(rows, tokenizer),
                          processing_class=tokenizer, peft_config=lora)
     tokens = sum(len(x) for x in trainer.train_dataset["input_ids"])
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = trainer.train()
-    seconds = time.perf_counter() - start
+    seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
     nll = mean_target_nll(trainer.model, tokenizer, rows, trainer.model.device)
     import trl
 
     return {"framework": f"trl {trl.__version__} SFTTrainer", "steps": result.global_step,
             "tokens": tokens, "train_s": seconds, "tokens_per_s": tokens / seconds,
+            "cpu_s": cpu_s, "tokens_per_cpu_s": tokens / cpu_s,
             "peak_mb": peak_memory_mb(args.device), "final_nll": nll}
 
 
@@ -183,6 +188,8 @@ def main() -> None:
     a, b = results["cotprune"], results["trl"]
     if "tokens_per_s" in a and "tokens_per_s" in b:
         results["throughput_ratio"] = a["tokens_per_s"] / b["tokens_per_s"]
+        # CPU seconds are steadier than wall seconds when other jobs share the machine
+        results["cpu_throughput_ratio"] = a["tokens_per_cpu_s"] / b["tokens_per_cpu_s"]
         results["peak_memory_ratio"] = a["peak_mb"] / b["peak_mb"]
     results["device"] = args.device
     print(json.dumps(results, indent=2))

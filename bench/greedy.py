@@ -4,7 +4,10 @@ The baseline is the published algorithm: at every step, every candidate deletion
 full new sequence (full forward, full logits, log-softmax), with the candidates of one step
 batched together. Exact mode must pick the same deletions; the fast modes report their J gap.
 
-    .venv/bin/python bench/greedy.py --chains 3 --max-cot 40 --keep 0.5
+    .venv/bin/python bench/greedy.py --chains 3 --max-cot 40 --keep 0.5 \
+        [--modes exact,per-step=4,shortlist=8,shortlist=4+refresh-every=10]
+
+A mode is exact or '+'-joined GreedyOptions settings (per-step, shortlist, refresh-every).
 
 Real GSM8K chains (../shared/data/gsm8k/train.jsonl, calculator annotations removed) with the
 default model, chosen as the first chains whose CoT has at most --max-cot tokens.
@@ -48,10 +51,21 @@ def published_greedy(model, prompt, cot, answer, deletions, batch_tokens):
     return order, trace
 
 
-def timed(fn):
+def parse_mode(spec: str):
+    """'exact' or e.g. 'shortlist=8+refresh-every=10' -> GreedyOptions."""
+    from cotprune.greedy import GreedyOptions
+
+    if spec == "exact":
+        return GreedyOptions()
+    fields = {"per-step": "per_step", "shortlist": "shortlist", "refresh-every": "refresh_every"}
+    settings = dict(part.split("=") for part in spec.split("+"))
+    return GreedyOptions(**{fields[k]: int(v) for k, v in settings.items()})
+
+
+def timed(fn, *args, **kwargs):
     """(result, process CPU seconds): CPU time is steadier than wall time on a shared machine."""
     start = time.process_time()
-    result = fn()
+    result = fn(*args, **kwargs)
     return result, time.process_time() - start
 
 
@@ -65,11 +79,13 @@ def main() -> None:
     ap.add_argument("--keep", type=float, default=0.5)
     ap.add_argument("--batch-tokens", type=int, default=4096)
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--modes", default="exact,per-step=4,shortlist=8",
+                    help="Comma-separated modes; the first must be exact (the J yardstick).")
     args = ap.parse_args()
 
     from cotprune.deletion import DeletionScorer
     from cotprune.engine import sequence_objectives
-    from cotprune.greedy import GreedyOptions, greedy_prune, kept_positions
+    from cotprune.greedy import greedy_prune, kept_positions
     from cotprune.importers import import_chains
     from cotprune.layout import ChainLayout, join_segments
     from cotprune.models import ModelOptions, load_model
@@ -84,8 +100,9 @@ def main() -> None:
         if len(layouts) == args.chains:
             break
 
-    modes = {"exact": GreedyOptions(), "per-step 4": GreedyOptions(per_step=4),
-             "shortlist 8": GreedyOptions(shortlist=8, refresh_every=10)}
+    modes = {spec: parse_mode(spec) for spec in args.modes.split(",")}
+    if next(iter(modes)) != "exact":
+        sys.exit("--modes must start with exact")
     totals = {name: 0.0 for name in ["published", *modes]}
     j_at_keep = {name: [] for name in ["published", *modes]}
     same_order = True
@@ -98,7 +115,7 @@ def main() -> None:
         if args.steps is not None:
             deletions = min(deletions, args.steps)
 
-        def final_j(order):
+        def final_j(order, cot=cot, prompt=prompt, answer=answer, n=n, deletions=deletions):
             kept = [cot[i] for i in kept_positions(n, order, n - deletions)]
             return sequence_objectives(model, [join_segments(prompt, kept, answer)],
                                        "reason-answer", batch_tokens=args.batch_tokens,
@@ -106,13 +123,12 @@ def main() -> None:
 
         orders = {}
         if not args.skip_baseline:
-            (orders["published"], _), s = timed(lambda: published_greedy(
-                model, prompt, cot, answer, deletions, args.batch_tokens))
+            (orders["published"], _), s = timed(published_greedy, model, prompt, cot, answer,
+                                                deletions, args.batch_tokens)
             totals["published"] += s
         for name, opts in modes.items():
             scorer = DeletionScorer(model, "reason-answer", args.batch_tokens)
-            traj, s = timed(lambda: greedy_prune(scorer, prompt, cot, answer, deletions,
-                                                 opts=opts))
+            traj, s = timed(greedy_prune, scorer, prompt, cot, answer, deletions, opts=opts)
             orders[name] = traj.order
             totals[name] += s
         for name, order in orders.items():

@@ -1,4 +1,4 @@
-"""J of a chain with one CoT token deleted, for many candidates at once, reusing the prefix.
+"""J of a chain with one CoT token deleted, for many candidates at once, reusing what is known.
 
 Deleting the CoT token at sequence position q leaves everything before q unchanged: the keys and
 values of positions < q and the NLL terms of targets < q are those of the undeleted sequence. So
@@ -6,18 +6,22 @@ each candidate only recomputes its suffix, on top of a cached prefix:
 
     sequence S (length L), prompt length p, candidate k at position q = p + k, S_k = S without q.
     A group of candidates k >= a shares the prefix S[:g-1] (g = p + a) as a KV cache and runs
-    S_k[g-1 : L-1] as input: every row has the same length L - g, so the group is one batched
-    forward. Row j of the output predicts S_k[g + j].
-    J(S_k) = sum(NLL of S's targets in [start, g)) + sum(NLL from the row).
+    S_k[g-1:] as input: every row has the same length, so the group is one batched forward.
+    Row j of the output predicts S_k[g + j]; targets before g are S's, already known.
 
-The first group always starts at the CoT (g = p), sits on the prompt's KV (computed once per
-chain, never again) and carries one extra row: S itself. That row gives J(S), the NLL of every
-target of S and the KV of all of S, which the later groups (long chains that do not fit one
-batch) slice their prefixes from. So one greedy step is usually exactly one batched forward.
+The first call on a chain computes S itself as an extra row of its first group (which sits on
+the prompt's KV, computed once per chain). Every scored row (S_k: its NLL per target and its KV)
+is kept until the next call, which greedy makes on S' = S without the chosen token d:
 
-`DeletionScorer.candidate_objectives` returns J(S) and J(S_k) for the requested candidates;
-greedy pruning calls it once per step, the `loo` scorer once per chain. The plain reference (a
-full forward per candidate, as the published code does) lives in the tests and bench/greedy.py.
+- S' is S_d, already scored: its J, NLL and KV come from that row, so no row of S' is run;
+- a candidate k < d of S' is S_k without d, which agrees with the kept row S_k up to position
+  p + d - 1: it runs only from there, on that row's own KV (rows of different k batch together,
+  since they all start at the same position). Candidates k >= d run on the prefix of S' as above.
+
+So a greedy step runs, for each candidate, only the tokens after both its own deletion and the
+previous step's deletion. A second call on the same chain (lazy greedy rescoring more
+candidates) runs the new candidates only. The plain reference (a full forward per candidate, as
+the published code does) lives in the tests and bench/greedy.py.
 """
 
 from __future__ import annotations
@@ -61,24 +65,55 @@ class ChainState:
 
 
 def group_candidates(candidates: Sequence[int], cot_start: int, length: int,
-                     batch_tokens: int) -> list[list[int]]:
-    """Split CoT candidate indices into groups that share a prefix; the first starts at 0.
+                     batch_tokens: int, *, with_base: bool = True) -> list[list[int]]:
+    """Split CoT candidate indices into groups that share a prefix.
 
-    A group starting at candidate a (the first group: a = 0) runs rows of (length - cot_start -
-    a) tokens, one per member plus, in the first group, the undeleted chain. A member k wastes
-    (k - a) of its row; a new group starts when that passes MAX_WASTE x the row, or when rows x
-    length would pass the token budget.
+    A group starting at candidate a runs rows of (length - cot_start - a) tokens, one per member
+    plus, with `with_base`, the undeleted chain in the first group (which then starts at a = 0).
+    A member k wastes (k - a) of its row; a new group starts when that passes MAX_WASTE x the
+    row, or when rows x length would pass the token budget.
     """
+    ordered = sorted(candidates)
     groups: list[list[int]] = [[]]
-    start = 0
-    for k in sorted(candidates):
-        rows = len(groups[-1]) + (2 if len(groups) == 1 else 1)
+    start = 0 if with_base or not ordered else ordered[0]
+    for k in ordered:
+        rows = len(groups[-1]) + (2 if with_base and len(groups) == 1 else 1)
         row = length - cot_start - start
         if rows * length > batch_tokens and groups[-1] or (k - start) > MAX_WASTE * row:
             groups.append([])
             start = k
         groups[-1].append(k)
     return groups
+
+
+@dataclass
+class ScoredRow:
+    """A scored sequence: NLL per target position (0 where J never needs it) and its KV."""
+
+    ids: list[int]
+    nll: torch.Tensor  # float64 [len(ids)]; nll[t] = -log p(ids[t] | ids[:t])
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, [1, heads, len(ids) - 1, head_dim]
+
+
+@dataclass
+class Job:
+    """One batched forward: rows of equal length whose targets before `g` are known."""
+
+    keys: list[int | None]  # candidate per row; None: the undeleted chain
+    seqs: list[list[int]]  # the whole sequence of each row
+    past: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, [rows, heads, g - 1, head_dim]
+    known_nll: torch.Tensor  # [rows, g]
+    g: int
+
+
+def deleted_index(before: list[int], after: list[int], cot_start: int) -> int | None:
+    """CoT index d with after == before without position cot_start + d, else None."""
+    if len(before) != len(after) + 1 or before[:cot_start] != after[:cot_start]:
+        return None
+    t = cot_start
+    while t < len(after) and before[t] == after[t]:
+        t += 1
+    return t - cot_start if before[t + 1:] == after[t:] else None
 
 
 class DeletionScorer:
@@ -91,14 +126,18 @@ class DeletionScorer:
         self.decoder, self.head = decoder_and_head(model)
         self.device = next(model.parameters()).device
         self._prompt_key: tuple | None = None
-        self.last_nll: list[float] | None = None
         self._prompt_kv = None
+        # rows of the last call: the chain S, and S_k per scored candidate k
+        self._chain: ScoredRow | None = None
+        self._rows: dict[int, ScoredRow] = {}
+        self.tokens_run = 0  # input tokens of all forwards so far (for benchmarks and tests)
 
     def _run(self, ids: torch.Tensor, past, start_pos: int):
         """Decoder forward of `ids` [B, T] at positions start_pos.. on top of `past` (or None)."""
         from transformers import DynamicCache
 
         b, t = ids.shape
+        self.tokens_run += b * t
         cache = DynamicCache(ddp_cache_data=past, config=self.model.config)
         positions = torch.arange(start_pos, start_pos + t, device=self.device).expand(b, t)
         mask = torch.ones((b, start_pos + t), dtype=torch.long, device=self.device)
@@ -117,57 +156,100 @@ class DeletionScorer:
             self._prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]
         return self._prompt_kv
 
-    def _row_nll(self, hidden: torch.Tensor, rows: torch.Tensor, g: int, first: int,
-                 last: int) -> torch.Tensor:
-        """Summed NLL per row of targets at positions [first, last), rows starting at g - 1."""
-        n = last - first
-        if n <= 0:
-            return torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
-        h = hidden[:, first - g:first - g + n]
-        targets = rows[:, first - g + 1:first - g + 1 + n]
-        logp, _ = logprob_entropy(h.reshape(-1, h.shape[-1]), self.head, targets.reshape(-1),
-                                  with_entropy=False)
-        return -logp.double().view(rows.shape[0], n).sum(1)
+    def _start(self, seq_len: int, state: ChainState) -> int:
+        """First target position of J in a sequence of `seq_len` built from `state`."""
+        p = len(state.prompt)
+        return p if self.objective == "reason-answer" else seq_len - len(state.answer)
+
+    def _known(self, state: ChainState) -> tuple[ScoredRow | None, dict[int, ScoredRow], int]:
+        """(S's row if already scored, kept rows S_k that candidates k < d can continue, d)."""
+        chain, rows = self._chain, self._rows
+        if chain is None:
+            return None, {}, 0
+        if chain.ids == state.ids:
+            return chain, {}, 0
+        d = deleted_index(chain.ids, state.ids, len(state.prompt))
+        if d is None or d not in rows:
+            return None, {}, 0
+        return rows[d], {k: row for k, row in rows.items() if k < d}, d
+
+    def _continued_jobs(self, state: ChainState, kept: dict[int, ScoredRow], d: int,
+                        keys: list[int]) -> list[Job]:
+        """Candidates k < d: S_k without d equals the kept S_k before position p + d - 1."""
+        ids, p = state.ids, len(state.prompt)
+        g = p + d - 1  # X = S_k[:g] + S'[g + 1:]; its targets before g are S_k's
+        per_job = max(1, self.batch_tokens // len(ids))
+        jobs = []
+        for s in range(0, len(keys), per_job):
+            rows = [kept[k] for k in keys[s:s + per_job]]
+            jobs.append(Job(keys[s:s + per_job], [r.ids[:g] + ids[g + 1:] for r in rows],
+                            _stack_kv([r.kv for r in rows], g - 1),
+                            torch.stack([r.nll[:g] for r in rows]), g))
+        return jobs
+
+    def _group_job(self, state: ChainState, chain: ScoredRow | None, group: list[int]) -> Job:
+        """Candidates k >= a on S's prefix; without `chain`, S itself rides along on the prompt."""
+        ids, p = state.ids, len(state.prompt)
+        keys: list[int | None] = list(group) if chain is not None else [None, *group]
+        g = p + group[0] if chain is not None else p
+        if chain is None:
+            past, known = self.prompt_cache(state.prompt), torch.zeros(
+                p, dtype=torch.float64, device=self.device)
+        else:
+            past = [(key[:, :, :g - 1], val[:, :, :g - 1]) for key, val in chain.kv]
+            known = chain.nll[:g]
+        seqs = [ids if k is None else ids[:p + k] + ids[p + k + 1:] for k in keys]
+        b = len(keys)
+        return Job(keys, seqs, [(key.expand(b, -1, -1, -1), val.expand(b, -1, -1, -1))
+                                for key, val in past], known.expand(b, -1), g)
+
+    def _run_job(self, job: Job, state: ChainState) -> list[ScoredRow]:
+        """Forward a job's rows and score every target from g on (those J can need)."""
+        g, lengths = job.g, [len(seq) for seq in job.seqs]
+        # rows are as long as the longest minus its last token (which predicts nothing); the
+        # undeleted chain is one token longer than its candidates, which then run their last
+        ids = torch.tensor([seq[g - 1:max(lengths) - 1] for seq in job.seqs], device=self.device)
+        hidden, cache = self._run(ids, job.past, g - 1)
+        nll = torch.zeros((len(lengths), max(lengths)), dtype=torch.float64, device=self.device)
+        nll[:, :g] = job.known_nll
+        for length in set(lengths):
+            rows = [r for r, n in enumerate(lengths) if n == length]
+            first = max(g, self._start(length, state))
+            if first >= length:
+                continue
+            h = hidden[rows, first - g:length - g]
+            targets = torch.tensor([job.seqs[r][first:] for r in rows], device=self.device)
+            logp, _ = logprob_entropy(h.reshape(-1, h.shape[-1]), self.head,
+                                      targets.reshape(-1), with_entropy=False)
+            nll[rows, first:length] = -logp.double().view(len(rows), length - first)
+        return [ScoredRow(seq, nll[r, :len(seq)], [(layer.keys[r:r + 1], layer.values[r:r + 1])
+                                                   for layer in cache.layers])
+                for r, seq in enumerate(job.seqs)]
 
     @torch.no_grad()
     def candidate_objectives(self, state: ChainState, candidates: Sequence[int] | None = None,
                              ) -> tuple[float, dict[int, float]]:
         """(J of the current chain, {k: J with CoT token k deleted}) for the candidates."""
-        p, m = len(state.prompt), len(state.cot)
-        length = p + m + len(state.answer)
-        start = state.objective_start(self.objective)
-        start_k = start if self.objective == "reason-answer" else start - 1  # in S_k
-        full = torch.tensor(state.ids, device=self.device)
-        candidates = range(m) if candidates is None else candidates
-        out: dict[int, float] = {}
-        base_j, cum, kv = 0.0, None, None
-        for gi, group in enumerate(group_candidates(candidates, p, length, self.batch_tokens)):
-            g = p if gi == 0 else p + group[0]
-            rows = [torch.cat([full[g - 1:p + k], full[p + k + 1:]]) for k in group]
-            if gi == 0:
-                rows.insert(0, full[p - 1:length - 1])  # S itself: same length as the others
-                past = self.prompt_cache(state.prompt)
-            else:
-                past = [(key[:, :, :g - 1], val[:, :, :g - 1]) for key, val in kv]
-            ids = torch.stack(rows)
-            past = [(key.expand(len(rows), -1, -1, -1), val.expand(len(rows), -1, -1, -1))
-                    for key, val in past]
-            hidden, cache = self._run(ids, past, g - 1)
-            if gi == 0:
-                logp, _ = logprob_entropy(hidden[0], self.head, full[p:], with_entropy=False)
-                nll = torch.zeros(length, dtype=torch.float64, device=self.device)
-                nll[p:] = -logp.double()
-                base_j = float(nll[start:].sum())
-                self.last_nll = nll[p:p + m].tolist()  # surprisal of each current CoT token
-                cum = torch.cumsum(nll, 0)  # cum[t] = sum of nll[0..t]
-                kv = [(layer.keys[:1], layer.values[:1]) for layer in cache.layers]
-                hidden, ids = hidden[1:], ids[1:]
-            first = max(start_k, g)  # targets before `first` are S's, already known
-            prefix = float(cum[first - 1] - cum[start_k - 1]) if first > start_k else 0.0
-            suffix = self._row_nll(hidden, ids, g, first, length - 1)
-            for r, k in enumerate(group):
-                out[k] = prefix + float(suffix[r])
-        return base_j, out
+        candidates = list(range(len(state.cot)) if candidates is None else candidates)
+        chain, kept, d = self._known(state)
+        rows = dict(self._rows) if chain is not None and chain.ids == state.ids else {}
+        rest = [k for k in candidates if k not in kept]
+        groups = group_candidates(rest, len(state.prompt), len(state.ids), self.batch_tokens,
+                                  with_base=chain is None)
+        if chain is None:  # S rides along with the first group; later groups need its KV
+            job = self._group_job(state, None, groups.pop(0))
+            chain, *scored = self._run_job(job, state)
+            rows.update(zip(job.keys[1:], scored))
+        jobs = self._continued_jobs(state, kept, d, [k for k in candidates if k in kept])
+        jobs += [self._group_job(state, chain, group) for group in groups if group]
+        for job in jobs:
+            rows.update(zip(job.keys, self._run_job(job, state)))
+        self._chain, self._rows = chain, rows
+
+        def objective(row: ScoredRow) -> float:
+            return float(row.nll[self._start(len(row.ids), state):].sum())
+
+        return objective(chain), {k: objective(rows[k]) for k in candidates}
 
     def chain_objective(self, state: ChainState) -> float:
         """J of the current chain (the first group with no candidates)."""
@@ -177,3 +259,10 @@ class DeletionScorer:
         """loo[t] = J(chain without CoT token t) - J(chain), for every CoT token."""
         base_j, js = self.candidate_objectives(state)
         return [js[k] - base_j for k in range(len(state.cot))]
+
+
+def _stack_kv(kvs: list[list[tuple[torch.Tensor, torch.Tensor]]], length: int):
+    """Per layer, the first `length` positions of several rows' KV as one batch."""
+    return [(torch.cat([kv[layer][0][:, :, :length] for kv in kvs]),
+             torch.cat([kv[layer][1][:, :, :length] for kv in kvs]))
+            for layer in range(len(kvs[0]))]

@@ -8,11 +8,14 @@ Exact mode (the default) scores every remaining candidate at every step with `De
 which gives the published algorithm's J values (to float tolerance) at a fraction of the cost.
 Two approximate modes trade exactness for speed:
 - `per_step=K`: delete the K best candidates of a step at once (K times fewer steps);
-- `shortlist=M`: lazy greedy; only the M candidates whose deletion was cheapest when last
-  scored, plus the neighbours of the last deletion (whose context changed most), are rescored.
-  Before a candidate is first scored its estimate is its surprisal (free from the step's
-  forward), so no step scores every candidate until the full refresh every `refresh_every`
-  steps.
+- `shortlist=M`: lazy greedy. The first step scores every candidate; later steps rescore the M
+  candidates whose deletion was cheapest when last scored, plus the neighbours of the last
+  deletion (whose context changed most). If a rescored candidate now costs more than some stale
+  estimate, the next M cheapest stale ones are rescored too, until the best fresh cost is no worse
+  than every stale estimate (Minoux's lazy evaluation). When deleting tokens only ever makes the
+  remaining deletions costlier, this picks exactly what exact greedy picks; otherwise it is an
+  approximation whose J gap bench/greedy.py measures. `refresh_every=R` rescores everything every
+  R steps (0: never).
 """
 
 from __future__ import annotations
@@ -28,15 +31,15 @@ from cotprune.errors import InputError
 class GreedyOptions:
     per_step: int = 1
     shortlist: int | None = None
-    refresh_every: int = 10
+    refresh_every: int = 0
 
     def __post_init__(self) -> None:
         if self.per_step < 1:
             raise InputError(f"--per-step must be >= 1, got {self.per_step}")
         if self.shortlist is not None and self.shortlist < 1:
             raise InputError(f"--shortlist must be >= 1, got {self.shortlist}")
-        if self.refresh_every < 1:
-            raise InputError(f"--refresh-every must be >= 1, got {self.refresh_every}")
+        if self.refresh_every < 0:
+            raise InputError(f"--refresh-every must be >= 0, got {self.refresh_every}")
 
     @property
     def exact(self) -> bool:
@@ -51,14 +54,25 @@ class Trajectory:
     trace: list[float] = field(default_factory=list)
 
 
-def _shortlist(estimates: dict[int, float], positions: list[int], allowed: list[int],
-               last_deleted_at: int | None, size: int) -> list[int]:
-    """Current indices of the `size` cheapest candidates by last estimate, plus neighbours."""
-    ranked = sorted(allowed, key=lambda k: (estimates.get(positions[k], float("inf")), k))
-    picked = set(ranked[:size])
-    if last_deleted_at is not None:
-        picked.update(k for k in (last_deleted_at - 1, last_deleted_at) if k in set(allowed))
-    return sorted(picked)
+def lazy_step(scorer: DeletionScorer, state: ChainState, stale: dict[int, float],
+              allowed: list[int], must: set[int], size: int) -> tuple[float, dict[int, float]]:
+    """(J of the chain, fresh J per rescored candidate) for one lazy-greedy step.
+
+    `stale` holds each candidate's last known cost J(without k) - J (by current index k). The
+    `size` cheapest plus `must` are rescored first; then, while some stale cost is below the best
+    fresh one, the next `size` cheapest stale candidates are rescored.
+    """
+    ranked = sorted(allowed, key=lambda k: (stale.get(k, float("-inf")), k))
+    todo = sorted(set(ranked[:size]) | (must & set(allowed)))
+    fresh: dict[int, float] = {}
+    while True:
+        base_j, js = scorer.candidate_objectives(state, todo)
+        fresh.update(js)
+        rest = [k for k in ranked if k not in fresh]
+        best = min(fresh.values(), default=float("inf")) - base_j
+        if not rest or stale.get(rest[0], float("-inf")) >= best:
+            return base_j, fresh
+        todo = sorted(rest[:size])
 
 
 def greedy_prune(scorer: DeletionScorer, prompt: list[int], cot: list[int], answer: list[int],
@@ -72,20 +86,21 @@ def greedy_prune(scorer: DeletionScorer, prompt: list[int], cot: list[int], answ
     traj = Trajectory(list(start.order), list(start.trace)) if start else Trajectory()
     deleted = set(traj.order)
     positions = [i for i in range(len(cot)) if i not in deleted]  # original index per current k
-    estimates: dict[int, float] = {}
+    estimates: dict[int, float] = {}  # lazy greedy: last known cost per original index
     pending: list[int] = []  # trace entries (per_step > 1) that wait for the next base pass
     last_at: int | None = None
     step = 0
     while len(traj.order) < deletions:
         state = ChainState(prompt, [cot[i] for i in positions], answer)
         allowed = [k for k, i in enumerate(positions) if i not in protected]
-        full = opts.shortlist is None or (step > 0 and step % opts.refresh_every == 0)
-        if not full and not estimates:  # first step of lazy greedy: surprisal as the estimate
-            scorer.candidate_objectives(state, [])
-            estimates = {positions[k]: v for k, v in enumerate(scorer.last_nll)}
-        candidates = allowed if full else _shortlist(estimates, positions, allowed, last_at,
-                                                     opts.shortlist)
-        base_j, js = scorer.candidate_objectives(state, candidates)
+        full = (opts.shortlist is None or not estimates
+                or (opts.refresh_every and step % opts.refresh_every == 0))
+        if full:
+            base_j, js = scorer.candidate_objectives(state, allowed)
+        else:
+            near = set() if last_at is None else {last_at - 1, last_at}
+            stale = {k: estimates[i] for k, i in enumerate(positions) if i in estimates}
+            base_j, js = lazy_step(scorer, state, stale, allowed, near, opts.shortlist)
         for t in pending:
             traj.trace[t] = base_j
         pending = []

@@ -88,3 +88,79 @@ def test_approximate_modes_delete_the_requested_count(tiny, opts):
                                                   len(state.cot) - deletions)]
     final = full_objective(model, [*state.prompt, *kept, *state.answer], len(state.prompt))
     assert traj.trace[-1] == pytest.approx(final, abs=1e-3)  # the trace is exact J
+
+
+def test_second_call_on_the_same_chain_reuses_the_base_row_and_agrees(tiny):
+    model, tok = tiny
+    state = _state(tok, COTS[1])
+    n = len(state.cot)
+    reused = DeletionScorer(model, "reason-answer", 64)  # small budget: several groups
+    base_a, first = reused.candidate_objectives(state, range(0, n, 2))
+    base_b, second = reused.candidate_objectives(state, range(1, n, 2))
+    base_c, fresh = DeletionScorer(model, "reason-answer", 64).candidate_objectives(state)
+    assert base_a == base_b == pytest.approx(base_c, abs=1e-6)
+    assert {**first, **second} == pytest.approx(fresh, abs=1e-4)
+
+
+@pytest.mark.parametrize("objective", ["reason-answer", "answer"])
+def test_next_step_continues_kept_rows_and_agrees_with_a_fresh_scorer(tiny, objective):
+    model, tok = tiny
+    state = _state(tok, COTS[1])
+    scorer = DeletionScorer(model, objective, 96)  # small budget: several jobs per call
+    scorer.candidate_objectives(state)
+    d = 9
+    after = ChainState(state.prompt, state.cot[:d] + state.cot[d + 1:], state.answer)
+    before = scorer.tokens_run
+    base_j, js = scorer.candidate_objectives(after)
+    fresh_scorer = DeletionScorer(model, objective, 96)
+    fresh_j, fresh = fresh_scorer.candidate_objectives(after)
+    assert base_j == pytest.approx(fresh_j, abs=1e-4)
+    assert js == pytest.approx(fresh, abs=1e-4)
+    # no row of the chain itself, and candidates before d start after d
+    assert scorer.tokens_run - before < fresh_scorer.tokens_run - len(after.ids)
+
+
+class SupermodularScorer:
+    """A synthetic objective for the lazy-greedy logic: the CoT ids are the original indices;
+    deleting i costs w[i], plus `pair` for each already-deleted original neighbour, so costs only
+    grow as deletions accumulate (the case in which lazy evaluation is exact)."""
+
+    def __init__(self, weights, pair):
+        self.weights, self.pair, self.calls = weights, pair, 0
+
+    def j(self, cot):
+        gone = set(range(len(self.weights))) - set(cot)
+        pairs = sum(1 for i in gone if i + 1 in gone)
+        return sum(self.weights[i] for i in gone) + self.pair * pairs
+
+    def candidate_objectives(self, state, candidates):
+        self.calls += 1
+        cot = state.cot
+        return self.j(cot), {k: self.j(cot[:k] + cot[k + 1:]) for k in candidates}
+
+    def chain_objective(self, state):
+        return self.j(state.cot)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_lazy_greedy_equals_exact_when_costs_only_grow(seed):
+    import random
+
+    rng = random.Random(seed)
+    n = 30
+    weights = [rng.random() for _ in range(n)]
+    cot = list(range(n))
+    exact = greedy_prune(SupermodularScorer(weights, 0.3), [0], cot, [0], 20)
+    lazy_scorer = SupermodularScorer(weights, 0.3)
+    lazy = greedy_prune(lazy_scorer, [0], cot, [0], 20, opts=GreedyOptions(shortlist=2))
+    assert lazy.order == exact.order
+    assert lazy.trace == pytest.approx(exact.trace)
+
+
+def test_lazy_greedy_rescores_past_the_shortlist_when_a_stale_cost_undercuts_the_best():
+    # After 0 goes, deleting 1 costs 0.2 + 1.0 (its neighbour is gone): the shortlist of one
+    # (token 1, stale cost 0.2) must not win against token 2's stale 0.3, so 2 is rescored.
+    scorer = SupermodularScorer([0.1, 0.2, 0.3, 0.9, 0.9], 1.0)
+    traj = greedy_prune(scorer, [0], list(range(5)), [0], 2, opts=GreedyOptions(shortlist=1))
+    assert traj.order == [0, 2]
+    assert scorer.calls == 3  # full first step, then the shortlist, then one more round
