@@ -38,10 +38,12 @@ def prune_cmd(
     per_step: Annotated[int, typer.Option(
         "--per-step", help="greedy, approximate: delete the K best candidates per step.")] = 1,
     shortlist: Annotated[Optional[int], typer.Option(
-        "--shortlist", help="greedy, approximate: rescore only the M cheapest candidates "
-                            "between full refreshes.")] = None,
+        "--shortlist", help="greedy, approximate (lazy greedy): rescore the M candidates that "
+                            "were cheapest when last scored, more while a stale cost undercuts "
+                            "the best fresh one.")] = None,
     refresh_every: Annotated[int, typer.Option(
-        "--refresh-every", help="greedy --shortlist: rescore all candidates every N steps.")] = 10,
+        "--refresh-every", help="greedy --shortlist: rescore all candidates every N steps "
+                                "(0: never).")] = 0,
     protect: Annotated[Optional[str], typer.Option(
         "--protect", help="'digits' or a regex: matching tokens are never deleted.")] = None,
     max_cot_tokens: Annotated[Optional[int], typer.Option(
