@@ -51,9 +51,9 @@ def cross_validate(chains, features, folds: int, epochs: int, layers: int) -> di
             continue
         for arch in ("mlp", "linear"):
             for loss in ("pairwise", "mse"):
-                net, _ = train_ranknet([features[i].matrix() for i in train],
+                net = train_ranknet([features[i].matrix() for i in train],
                                        [chains[i].ranks for i in train],
-                                       FitOptions(arch=arch, loss=loss, epochs=epochs))
+                                       FitOptions(arch=arch, loss=loss, epochs=epochs)).net
                 p = Predictor(PredictorSpec("", layers, feature_names(layers), arch, 64, loss),
                               net)
                 res = evaluate(p, [chains[i] for i in test], [features[i] for i in test])
@@ -111,7 +111,7 @@ def main() -> None:
     for arch in ("mlp", "linear"):
         for loss in ("pairwise", "mse"):
             opts = FitOptions(arch=arch, loss=loss, epochs=args.epochs)
-            net, _ = train_ranknet(xs, ys, opts)
+            net = train_ranknet(xs, ys, opts).net
             spec = PredictorSpec(args.model, layers, feature_names(layers), arch,
                                  opts.hidden, loss)
             variants[f"{arch}-{loss}"] = Predictor(spec, net)

@@ -233,6 +233,7 @@ class FitOptions:
     weight_decay: float = 1e-4
     seed: int = 0
     batch_tokens: int = 8192
+    val_fraction: float = 0.1  # chains held out to pick the epoch count (none below 1 chain)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -244,11 +245,39 @@ class FitOptions:
                 raise InputError(f"{flag} must be >= 1, got {v}")
         if not self.lr > 0:
             raise InputError(f"--lr must be > 0, got {self.lr}")
+        if not 0 <= self.val_fraction < 1:
+            raise InputError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
 
 
-def train_ranknet(xs: Sequence[torch.Tensor], ys: Sequence[Sequence[float]],
-                  opts: FitOptions) -> tuple[RankNet, list[float]]:
-    """Fit a RankNet on per-chain feature matrices and rank targets; returns it and loss curve."""
+@dataclass
+class FitResult:
+    net: RankNet
+    curve: list[float]  # training loss per epoch (of the final fit)
+    epochs: int  # epochs of the final fit: chosen on the validation chains when there are some
+    val_spearman: float | None  # best mean per-chain Spearman on the validation chains
+
+
+EVAL_EVERY = 10  # epochs between validation checks
+
+
+def mean_spearman(net: RankNet, xs: Sequence[torch.Tensor], ys: Sequence[Sequence[float]],
+                  ) -> float | None:
+    with torch.no_grad():
+        return mean_finite([spearman(net(x).tolist(), y) for x, y in zip(xs, ys, strict=True)])
+
+
+def validation_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) chain indices: a seeded random floor(fraction x n) are held out."""
+    order = list(range(n))
+    torch.manual_seed(seed)
+    order = [order[i] for i in torch.randperm(n).tolist()]
+    k = math.floor(fraction * n)
+    return sorted(order[k:]), sorted(order[:k])
+
+
+def _fit(xs, ys, opts: FitOptions, epochs: int, val=None) -> tuple[RankNet, list[float], int,
+                                                                     float | None]:
+    """Train for `epochs`; with `val` (xs, ys) keep the weights of the best validation check."""
     torch.manual_seed(opts.seed)
     allx = torch.cat(list(xs))
     net = RankNet(allx.shape[1], opts.arch, opts.hidden)
@@ -258,8 +287,9 @@ def train_ranknet(xs: Sequence[torch.Tensor], ys: Sequence[Sequence[float]],
     batches = [pad_chains([xs[i] for i in b], [ys[i] for i in b])
                for b in chain_batches([len(y) for y in ys])]
     optim = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    curve = []
-    for _ in range(opts.epochs):
+    curve: list[float] = []
+    best = (float("-inf"), epochs, None)
+    for epoch in range(1, epochs + 1):
         total = 0.0
         for x, y, valid in batches:
             optim.zero_grad()
@@ -268,8 +298,32 @@ def train_ranknet(xs: Sequence[torch.Tensor], ys: Sequence[Sequence[float]],
             optim.step()
             total += float(loss.detach()) * x.shape[0]
         curve.append(total / len(ys))
+        if val is not None and (epoch % EVAL_EVERY == 0 or epoch == epochs):
+            rho = mean_spearman(net, *val)
+            if rho is not None and rho > best[0]:
+                best = (rho, epoch, {k: v.clone() for k, v in net.state_dict().items()})
+    if best[2] is not None:
+        net.load_state_dict(best[2])
     net.eval()
-    return net, curve
+    return net, curve, best[1], (None if best[2] is None else best[0])
+
+
+def train_ranknet(xs: Sequence[torch.Tensor], ys: Sequence[Sequence[float]],
+                  opts: FitOptions) -> FitResult:
+    """Fit a RankNet on per-chain feature matrices and rank targets.
+
+    With validation chains (`opts.val_fraction`), the epoch count is the one whose weights had
+    the best mean Spearman on them (checked every EVAL_EVERY epochs); the model is then refitted
+    on all chains for that many epochs, so no labelled chain is wasted.
+    """
+    train, val = validation_split(len(ys), opts.val_fraction, opts.seed)
+    if not val or not train:
+        net, curve, epochs, _ = _fit(xs, ys, opts, opts.epochs)
+        return FitResult(net, curve, epochs, None)
+    _, _, epochs, rho = _fit([xs[i] for i in train], [ys[i] for i in train], opts, opts.epochs,
+                             val=([xs[i] for i in val], [ys[i] for i in val]))
+    net, curve, _, _ = _fit(xs, ys, opts, epochs)
+    return FitResult(net, curve, epochs, rho)
 
 
 # --- the artifact and the prune hook ---------------------------------------------------------
@@ -463,13 +517,14 @@ def fit_predictor(pruned: str | Path, out: str | Path, model_opts, opts: FitOpti
                               batch_tokens=opts.batch_tokens)
     xs = [f.matrix() for f in features]
     ys = [c.ranks for c in chains]
-    net, curve = train_ranknet(xs, ys, opts)
-    with torch.no_grad():
-        train_rho = mean_finite([spearman(net(x).tolist(), y) for x, y in zip(xs, ys, strict=True)])
+    fit = train_ranknet(xs, ys, opts)
+    net = fit.net
     training = {"file": str(pruned), "chains": len(chains), "tokens": sum(len(y) for y in ys),
-                "epochs": opts.epochs, "lr": opts.lr, "weight_decay": opts.weight_decay,
-                "seed": opts.seed, "final_loss": round(curve[-1], 6),
-                "train_spearman": train_rho}
+                "epochs": fit.epochs, "max_epochs": opts.epochs, "lr": opts.lr,
+                "weight_decay": opts.weight_decay, "seed": opts.seed,
+                "val_fraction": opts.val_fraction, "val_spearman": fit.val_spearman,
+                "final_loss": round(fit.curve[-1], 6),
+                "train_spearman": mean_spearman(net, xs, ys)}
     spec = PredictorSpec(pruner_model=model_key(model_opts.model), layers=layers,
                          feature_names=feature_names(layers), arch=opts.arch, hidden=opts.hidden,
                          loss=opts.loss, training=training)

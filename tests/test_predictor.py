@@ -16,7 +16,9 @@ from cotprune.predictor import (
     keep_overlap,
     load_predictor,
     spearman,
+    EVAL_EVERY,
     train_ranknet,
+    validation_split,
 )
 
 CHAINS = [
@@ -90,11 +92,35 @@ def test_training_recovers_a_rank_that_one_feature_determines(arch, loss):
         order = sorted(range(n), key=lambda i: float(x[i, 0]))  # low feature 0 deleted first
         xs.append(x)
         ys.append(greedy_ranks(order[:n - 2], n))
-    net, curve = train_ranknet(xs, ys, FitOptions(arch=arch, loss=loss, epochs=150, lr=0.05))
-    assert curve[-1] < curve[0]
+    fit = train_ranknet(xs, ys, FitOptions(arch=arch, loss=loss, epochs=150, lr=0.05,
+                                           val_fraction=0))
+    net, curve = fit.net, fit.curve
+    assert curve[-1] < curve[0] and fit.epochs == 150 and fit.val_spearman is None
     with torch.no_grad():
         rhos = [spearman(net(x).tolist(), y) for x, y in zip(xs, ys, strict=True)]
     assert min(rhos) > 0.9, rhos
+
+
+def test_validation_picks_the_epoch_count_then_refits_on_every_chain():
+    gen = torch.Generator().manual_seed(1)
+    xs, ys = [], []
+    for n in [8, 11, 14, 9, 12, 10, 13, 7, 15, 9]:
+        x = torch.randn(n, 4, generator=gen)
+        order = sorted(range(n), key=lambda i: float(x[i, 0] + 0.5 * x[i, 1]))
+        xs.append(x)
+        ys.append(greedy_ranks(order, n))
+    opts = FitOptions(arch="mlp", epochs=60, lr=0.05, val_fraction=0.2)
+    train, val = validation_split(len(ys), 0.2, 0)
+    assert len(val) == 2 and sorted(train + val) == list(range(10))
+    fit = train_ranknet(xs, ys, opts)
+    assert fit.epochs % EVAL_EVERY == 0 and 0 < fit.epochs <= 60
+    assert fit.val_spearman > 0.8
+    assert len(fit.curve) == fit.epochs  # the final fit ran exactly the chosen epochs
+    # the final fit is a plain fit of every chain for that many epochs (same seed, same result)
+    plain = train_ranknet(xs, ys, FitOptions(arch="mlp", epochs=fit.epochs, lr=0.05,
+                                             val_fraction=0))
+    x = torch.cat(xs)
+    assert torch.allclose(fit.net(x), plain.net(x))
 
 
 # --- features ---

@@ -49,6 +49,10 @@ def fit_cmd(
     epochs: Annotated[int, typer.Option("--epochs", help="Full passes over the chains.")] = 300,
     lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 1e-2,
     weight_decay: Annotated[float, typer.Option("--weight-decay")] = 1e-4,
+    val_fraction: Annotated[float, typer.Option(
+        "--val-fraction", help="Chains held out to choose the epoch count (the best mean "
+                               "Spearman); the final fit uses every chain. 0: no validation.")
+    ] = 0.1,
     model: OptionalModel = None,
     adapter: Adapter = None,
     dtype: Dtype = "auto",
@@ -66,7 +70,8 @@ def fit_cmd(
     from cotprune.predictor import FitOptions, fit_predictor
 
     opts = FitOptions(arch=arch, loss=loss, hidden=hidden, epochs=epochs, lr=lr,
-                      weight_decay=weight_decay, seed=seed, batch_tokens=batch_tokens)
+                      weight_decay=weight_decay, seed=seed, batch_tokens=batch_tokens,
+                      val_fraction=val_fraction)
     if model is None:
         model = (read_manifest(pruned) or {}).get("model") or DEFAULT_MODEL
     emit_summary(fit_predictor(pruned, output, _model_options(
