@@ -7,8 +7,11 @@ model is right often enough for the length penalty to separate correct answers b
 
     .venv/bin/python bench/rl_length_run.py --prompts runs/easy.parquet [-n 256 --seed 0]
     OMP_NUM_THREADS=1 .venv/bin/cotprune rl runs/easy.parquet -o runs/rl_length --reward length ...
+    (the same with --reward accuracy -o runs/rl_accuracy: the baseline)
     .venv/bin/python bench/rl_length_run.py --plot runs/rl_length/metrics.jsonl \
-        --png docs/rl_length_run.png
+        --baseline runs/rl_accuracy/metrics.jsonl --png docs/rl_length_run.png
+
+The exact sizes of the documented run are in BENCHMARKS.md (rl).
 """
 
 from __future__ import annotations
