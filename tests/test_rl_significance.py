@@ -96,7 +96,7 @@ def predictor_path(tiny_gpt2_model, gpt2_setup, tmp_path_factory):
     feats = chain_features(model, tok, layouts)
     xs = [f.matrix() for f in feats]
     ys = [torch.linspace(0, 1, len(f.position)).flip(0).tolist() for f in feats]
-    net, _ = train_ranknet(xs, ys, FitOptions(epochs=5))
+    net = train_ranknet(xs, ys, FitOptions(epochs=5)).net
     spec = PredictorSpec(pruner_model=model_key(str(tiny_gpt2_model)), layers=2,
                          feature_names=feature_names(2), arch="mlp", hidden=64, loss="pairwise")
     path = tmp_path_factory.mktemp("pred") / "pred.safetensors"
