@@ -1,3 +1,3 @@
-"""cotprune: find the chain-of-thought tokens that matter, delete the rest, train on what is left."""
+"""cotprune: find the chain-of-thought tokens that matter, delete the rest, train on the rest."""
 
 __version__ = "0.1.0"

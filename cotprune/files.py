@@ -110,7 +110,7 @@ def list_parquet_files(path: str | Path) -> list[Path]:
 
 
 def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """Read a stage file (or part directory) whole; anything that is not Parquet is an InputError."""
+    """Read a stage file (or part directory) whole; anything but Parquet is an InputError."""
     tables = []
     for f in list_parquet_files(path):
         try:

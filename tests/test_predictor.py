@@ -10,13 +10,13 @@ from conftest import run_cli, summary_of
 
 from cotprune.files import CHAIN_SCHEMA, read_table, write_table
 from cotprune.predictor import (
+    EVAL_EVERY,
     FitOptions,
     average_ranks,
     greedy_ranks,
     keep_overlap,
     load_predictor,
     spearman,
-    EVAL_EVERY,
     train_ranknet,
     validation_split,
 )

@@ -43,7 +43,8 @@ def test_greedy_rows_are_consistent(short_chains, tmp_path, tiny_gpt2_model):
         n = r["original_tokens"]
         cot_ids = r["input_ids"][r["cot_start"]:r["cot_end"]]
         assert n == len(cot_ids)
-        assert r["kept_tokens"] == math.floor(r["keep_ratio"] * n + 1e-9) == len(r["kept_positions"])
+        kept = r["kept_tokens"]
+        assert kept == math.floor(r["keep_ratio"] * n + 1e-9) == len(r["kept_positions"])
         gone = set(r["prune_order"][:n - r["kept_tokens"]])
         assert r["kept_positions"] == [i for i in range(n) if i not in gone]
         assert len(r["objective_trace"]) == n - math.floor(0.5 * n + 1e-9)

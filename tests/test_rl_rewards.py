@@ -106,7 +106,8 @@ def test_advantages_by_hand():
     assert grpo[0].tolist() == pytest.approx([0.5 / (std + 1e-4), -0.5 / (std + 1e-4)] * 1 +
                                              [-0.5 / (std + 1e-4), 0.5 / (std + 1e-4)])
     assert grpo[1, 3] == pytest.approx(2.25 / (1.5 + 1e-4))
-    assert R.group_advantages(r, "rloo")[0].tolist() == pytest.approx([2 / 3, -2 / 3, -2 / 3, 2 / 3])
+    rloo = R.group_advantages(r, "rloo")
+    assert rloo[0].tolist() == pytest.approx([2 / 3, -2 / 3, -2 / 3, 2 / 3])
     assert R.group_advantages(r, "rloo")[1].tolist() == pytest.approx([-1, -1, -1, 3])
     assert R.group_advantages(r, "dr_grpo")[1].tolist() == pytest.approx([-0.75] * 3 + [2.25])
     with pytest.raises(InputError):

@@ -72,7 +72,7 @@ def test_loo_matches_brute_force_deletion(objective, tiny_gpt2_model):
         prompt, cot = layout.input_ids[:layout.cot_start], layout.cot_ids
         answer = layout.input_ids[layout.answer_start:]
 
-        def j(kept):
+        def j(kept, prompt=prompt, answer=answer):
             start = len(prompt) if objective == "reason-answer" else len(prompt) + len(kept)
             return full_objective(model, [*prompt, *kept, *answer], start)
 

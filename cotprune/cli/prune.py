@@ -32,7 +32,8 @@ def prune_cmd(
     method: Annotated[str, typer.Option(
         "--method", help="greedy|surprisal|entropy|attention|loo|predicted|random.")] = "greedy",
     keep: Annotated[str, typer.Option(
-        "--keep", help="Keep ratios, comma-separated; one row per chain and ratio.")] = "0.9,0.7,0.5",
+        "--keep", help="Keep ratios, comma-separated; one row per chain and ratio.")
+    ] = "0.9,0.7,0.5",
     objective: Annotated[str, typer.Option(
         "--objective", help="reason-answer (CoT + answer NLL) or answer.")] = "reason-answer",
     per_step: Annotated[int, typer.Option(
@@ -47,7 +48,8 @@ def prune_cmd(
     protect: Annotated[Optional[str], typer.Option(
         "--protect", help="'digits' or a regex: matching tokens are never deleted.")] = None,
     max_cot_tokens: Annotated[Optional[int], typer.Option(
-        "--max-cot-tokens", help="Skip chains with longer CoTs (guards greedy's run time).")] = 1024,
+        "--max-cot-tokens", help="Skip chains with longer CoTs (guards greedy's run time).")
+    ] = 1024,
     predictor: Annotated[Optional[Path], typer.Option(
         "--predictor", help="predicted: a file written by `predictor fit`.")] = None,
     repredict_every: Annotated[Optional[int], typer.Option(
