@@ -36,13 +36,14 @@ from pathlib import Path
 import torch
 
 from cotprune.errors import InputError
-from cotprune.layout import Layout, join_segments
+from cotprune.layout import Layout, join_segments, token_texts
 
 META_KEY = "cotprune_predictor"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: lexical features (digit, word start) added
 ATTENTION_EPS = 1e-4
 SCALARS = ("surprisal", "entropy", "position")
-BASELINES = ("attention", "surprisal", "entropy", "position")
+LEXICAL = ("digit", "word_start")
+BASELINES = ("attention", "surprisal", "entropy", "position", "digit")
 ARCHS = ("mlp", "linear")
 LOSSES = ("pairwise", "mse")
 PAIR_BUDGET = 4_000_000  # chains x n^2 pair entries per training mini-batch
@@ -59,26 +60,39 @@ class ChainFeatures:
     surprisal: torch.Tensor
     entropy: torch.Tensor
     position: torch.Tensor
+    lexical: torch.Tensor  # [len(LEXICAL), n]: 1.0 where the token has a digit / starts a word
 
     def matrix(self) -> torch.Tensor:
-        """[n, 2 * layers + 3]: log attention (answer, later CoT), surprisal, entropy, position."""
+        """[n, 2 * layers + 5]: log attention (answer, later CoT), surprisal, entropy, position,
+        then the lexical flags."""
         attn = torch.log(torch.cat([self.answer, self.later]) + ATTENTION_EPS)
-        return torch.cat([attn, torch.stack([self.surprisal, self.entropy, self.position])]).T
+        scalars = torch.stack([self.surprisal, self.entropy, self.position])
+        return torch.cat([attn, scalars, self.lexical]).T
 
     def baseline(self, name: str) -> torch.Tensor:
         """One raw feature alone: `attention` is the score engine's scorer (mean over layers)."""
         if name == "attention":
             return self.answer.mean(0)
+        if name in LEXICAL:
+            return self.lexical[LEXICAL.index(name)]
         return getattr(self, name)
 
 
 def feature_names(layers: int) -> list[str]:
     return ([f"attn_answer_L{i}" for i in range(layers)]
-            + [f"attn_later_cot_L{i}" for i in range(layers)] + list(SCALARS))
+            + [f"attn_later_cot_L{i}" for i in range(layers)] + list(SCALARS) + list(LEXICAL))
 
 
 def relative_position(n: int) -> torch.Tensor:
     return torch.arange(n, dtype=torch.float32) / max(n - 1, 1)
+
+
+def lexical_flags(texts: Sequence[str]) -> torch.Tensor:
+    """[len(LEXICAL), n]: the token holds a digit; the token starts a word (leading space or
+    newline). Greedy deletes number tokens late and word-initial pieces early, which neither
+    attention nor surprisal shows on small models."""
+    return torch.tensor([[float(any(c.isdigit() for c in t)) for t in texts],
+                         [float(t[:1].isspace()) for t in texts]])
 
 
 @torch.no_grad()
@@ -105,7 +119,8 @@ def chain_features(model, tokenizer, layouts: Sequence[Layout], *,
             out[i] = ChainFeatures(
                 answer=rows[r].answer.float().cpu(), later=rows[r].later_cot.float().cpu(),
                 surprisal=(-logp[r]).float().cpu(), entropy=ent[r].float().cpu(),
-                position=relative_position(len(group[r].cot_ids)))
+                position=relative_position(len(group[r].cot_ids)),
+                lexical=lexical_flags(token_texts(tokenizer, group[r].cot_ids)))
     return out
 
 

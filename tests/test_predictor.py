@@ -126,7 +126,7 @@ def test_validation_picks_the_epoch_count_then_refits_on_every_chain():
 # --- features ---
 
 def test_features_agree_with_the_score_engine(tiny_gpt2_model):
-    from cotprune.layout import ChainLayout
+    from cotprune.layout import ChainLayout, token_texts
     from cotprune.models import ModelOptions, load_model
     from cotprune.predictor import chain_features
     from cotprune.score import score_batch
@@ -138,7 +138,10 @@ def test_features_agree_with_the_score_engine(tiny_gpt2_model):
     scores = score_batch(model, tok, layouts, ["surprisal", "entropy", "attention"])
     for x, f, g, s in zip(layouts, together, alone, scores, strict=True):
         n = len(x.cot_ids)
-        assert f.answer.shape == f.later.shape == (2, n) and f.matrix().shape == (n, 7)
+        assert f.answer.shape == f.later.shape == (2, n) and f.matrix().shape == (n, 9)
+        texts = token_texts(tok, x.cot_ids)
+        assert f.lexical[0].tolist() == [float(any(c.isdigit() for c in t)) for t in texts]
+        assert f.lexical[1].tolist() == [float(t[:1] in (" ", "\n")) for t in texts]
         assert f.answer.mean(0).tolist() == pytest.approx(s["attention"], abs=1e-6)
         assert f.surprisal.tolist() == pytest.approx(s["surprisal"], abs=1e-4)
         assert f.entropy.tolist() == pytest.approx(s["entropy"], abs=1e-4)
@@ -155,7 +158,8 @@ def test_eval_reports_spearman_baselines_and_overlaps(greedy_file, predictor_fil
     assert code == 0, err
     s = summary_of(stdout)
     assert s["chains"] == 3 and -1 <= s["spearman"] <= 1
-    assert set(s["spearman_baselines"]) == {"attention", "surprisal", "entropy", "position"}
+    assert set(s["spearman_baselines"]) == {"attention", "surprisal", "entropy", "position",
+                                            "digit"}
     assert set(s["overlap"]) == {"0.7", "0.5"}
     assert all(0 <= v <= 1 for v in s["overlap"].values())
     # a reference for the position baseline straight from the file
