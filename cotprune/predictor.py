@@ -6,7 +6,9 @@ n / K with `--repredict-every K`). This module holds all of it:
 - features, per CoT token, from ONE SDPA forward of the pruner model (`chain_features`): per-layer
   attention received from the answer span and from later CoT tokens (`attention.AttentionCapture`
   with `later_cot=True`, no eager model), surprisal and entropy (`score.BatchContext`, the score
-  engine's own code), and relative position t / (n - 1). Attention enters the model as
+  engine's own code), relative position t / (n - 1), and two lexical flags (the token holds a
+  digit; it starts a word), which cost nothing and add signal that attention lacks on small
+  models (BENCHMARKS.md). Attention enters the model as
   log(a + ATTENTION_EPS): it is heavy-tailed and its scale shrinks with sequence length.
 - targets (`greedy_ranks`): a token's index in the greedy `prune_order` divided by n. Tokens the
   trajectory never deleted (it stops at the smallest keep ratio) all get the same rank, the mean
