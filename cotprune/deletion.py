@@ -39,6 +39,10 @@ from cotprune.engine import decoder_and_head, logprob_entropy
 # faster than allowing a whole row, and smaller waste bounds gained nothing more.
 MAX_WASTE = 0.25
 
+# Kept rows hold O(n^2) keys and values (n rows of about n tokens). Rows past this many bytes of
+# KV are kept without it: they still give their J, but the next step recomputes them in full.
+KEEP_KV_BYTES = 4 * 2**30
+
 
 @dataclass
 class ChainState:
@@ -92,7 +96,8 @@ class ScoredRow:
 
     ids: list[int]
     nll: torch.Tensor  # float64 [len(ids)]; nll[t] = -log p(ids[t] | ids[:t])
-    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, [1, heads, len(ids) - 1, head_dim]
+    kv: list[tuple[torch.Tensor, torch.Tensor]] | None  # per layer, [1, heads, >= len - 1, dim];
+    # None when it was not kept (KEEP_KV_BYTES)
 
 
 @dataclass
@@ -131,6 +136,7 @@ class DeletionScorer:
         self._chain: ScoredRow | None = None
         self._rows: dict[int, ScoredRow] = {}
         self.tokens_run = 0  # input tokens of all forwards so far (for benchmarks and tests)
+        self._kv_left = KEEP_KV_BYTES  # bytes of row KV the current call may still keep
 
     def _run(self, ids: torch.Tensor, past, start_pos: int):
         """Decoder forward of `ids` [B, T] at positions start_pos.. on top of `past` (or None)."""
@@ -169,9 +175,9 @@ class DeletionScorer:
         if chain.ids == state.ids:
             return chain, {}, 0
         d = deleted_index(chain.ids, state.ids, len(state.prompt))
-        if d is None or d not in rows:
+        if d is None or d not in rows or rows[d].kv is None:
             return None, {}, 0
-        return rows[d], {k: row for k, row in rows.items() if k < d}, d
+        return rows[d], {k: row for k, row in rows.items() if k < d and row.kv is not None}, d
 
     def _continued_jobs(self, state: ChainState, kept: dict[int, ScoredRow], d: int,
                         keys: list[int]) -> list[Job]:
@@ -204,7 +210,11 @@ class DeletionScorer:
                                 for key, val in past], known.expand(b, -1), g)
 
     def _run_job(self, job: Job, state: ChainState) -> list[ScoredRow]:
-        """Forward a job's rows and score every target from g on (those J can need)."""
+        """Forward a job's rows and score every target from g on (those J can need).
+
+        The rows keep their KV while KEEP_KV_BYTES allows (`self._kv_left`); the undeleted
+        chain's row always does, since later groups of the same call need it.
+        """
         g, lengths = job.g, [len(seq) for seq in job.seqs]
         # rows are as long as the longest minus its last token (which predicts nothing); the
         # undeleted chain is one token longer than its candidates, which then run their last
@@ -222,8 +232,12 @@ class DeletionScorer:
             logp, _ = logprob_entropy(h.reshape(-1, h.shape[-1]), self.head,
                                       targets.reshape(-1), with_entropy=False)
             nll[rows, first:length] = -logp.double().view(len(rows), length - first)
-        return [ScoredRow(seq, nll[r, :len(seq)], [(layer.keys[r:r + 1], layer.values[r:r + 1])
-                                                   for layer in cache.layers])
+        size = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+        keep = size <= self._kv_left or job.keys[0] is None
+        self._kv_left -= size if keep else 0
+        return [ScoredRow(seq, nll[r, :len(seq)],
+                          [(layer.keys[r:r + 1], layer.values[r:r + 1]) for layer in cache.layers]
+                          if keep else None)
                 for r, seq in enumerate(job.seqs)]
 
     @torch.no_grad()
@@ -234,6 +248,7 @@ class DeletionScorer:
         chain, kept, d = self._known(state)
         rows = dict(self._rows) if chain is not None and chain.ids == state.ids else {}
         rest = [k for k in candidates if k not in kept]
+        self._kv_left = KEEP_KV_BYTES - sum(_kv_bytes(row) for row in rows.values())
         groups = group_candidates(rest, len(state.prompt), len(state.ids), self.batch_tokens,
                                   with_base=chain is None)
         if chain is None:  # S rides along with the first group; later groups need its KV
@@ -259,6 +274,11 @@ class DeletionScorer:
         """loo[t] = J(chain without CoT token t) - J(chain), for every CoT token."""
         base_j, js = self.candidate_objectives(state)
         return [js[k] - base_j for k in range(len(state.cot))]
+
+
+def _kv_bytes(row: ScoredRow) -> int:
+    """Bytes of a kept row's KV (its own slice: rows of one job share the job's tensors)."""
+    return 0 if row.kv is None else sum(k.nbytes + v.nbytes for k, v in row.kv)
 
 
 def _stack_kv(kvs: list[list[tuple[torch.Tensor, torch.Tensor]]], length: int):

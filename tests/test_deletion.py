@@ -120,6 +120,26 @@ def test_next_step_continues_kept_rows_and_agrees_with_a_fresh_scorer(tiny, obje
     assert scorer.tokens_run - before < fresh_scorer.tokens_run - len(after.ids)
 
 
+def test_rows_past_the_kv_budget_are_recomputed_and_agree(tiny, monkeypatch):
+    import cotprune.deletion as deletion
+
+    model, tok = tiny
+    state = _state(tok, COTS[1])
+    d = 9
+    after = ChainState(state.prompt, state.cot[:d] + state.cot[d + 1:], state.answer)
+    counts = {}
+    for budget in (0, 10**12):
+        monkeypatch.setattr(deletion, "KEEP_KV_BYTES", budget)
+        scorer = DeletionScorer(model, "reason-answer", 96)
+        scorer.candidate_objectives(state)
+        before = scorer.tokens_run
+        counts[budget] = (scorer.candidate_objectives(after), scorer.tokens_run - before)
+    (j0, js0), ran0 = counts[0]
+    (j1, js1), ran1 = counts[10**12]
+    assert j0 == pytest.approx(j1, abs=1e-4) and js0 == pytest.approx(js1, abs=1e-4)
+    assert ran0 > ran1  # without kept KV the next step recomputes everything
+
+
 class SupermodularScorer:
     """A synthetic objective for the lazy-greedy logic: the CoT ids are the original indices;
     deleting i costs w[i], plus `pair` for each already-deleted original neighbour, so costs only
