@@ -35,13 +35,12 @@ def cross_validate(chains, features, folds: int, epochs: int, layers: int) -> di
     """k-fold (by chain) mean Spearman of each variant and baseline on the training chains."""
     from cotprune.predictor import (
         BASELINES,
-        FitOptions,
         Predictor,
         PredictorSpec,
         evaluate,
         feature_names,
-        train_ranknet,
     )
+    from cotprune.ranking import FitOptions, train_ranknet
 
     sums: dict[str, list[float]] = {}
     for k in range(folds):
@@ -82,16 +81,15 @@ def main() -> None:
     from cotprune.layout import join_segments
     from cotprune.models import ModelOptions, load_model
     from cotprune.predictor import (
-        FitOptions,
         Predictor,
         PredictorSpec,
         chain_features,
         evaluate,
         feature_names,
         read_greedy,
-        train_ranknet,
     )
     from cotprune.prune import kept_count, order_by_scores, random_order
+    from cotprune.ranking import FitOptions, train_ranknet
     from cotprune.score import score_batch
 
     model, tok = load_model(ModelOptions(model=args.model, device="cpu"))

@@ -9,13 +9,13 @@ import torch
 from conftest import run_cli, summary_of
 
 from cotprune.files import CHAIN_SCHEMA, read_table, write_table
-from cotprune.predictor import (
+from cotprune.predictor import load_predictor
+from cotprune.ranking import (
     EVAL_EVERY,
     FitOptions,
     average_ranks,
     greedy_ranks,
     keep_overlap,
-    load_predictor,
     spearman,
     train_ranknet,
     validation_split,

@@ -79,14 +79,13 @@ def classifier_dir(tmp_path_factory):
 def predictor_path(tiny_gpt2_model, gpt2_setup, tmp_path_factory):
     """A predictor fitted (a few epochs) on the tiny model's features of three chains."""
     from cotprune.predictor import (
-        FitOptions,
         PredictorSpec,
         chain_features,
         feature_names,
         model_key,
         save_predictor,
-        train_ranknet,
     )
+    from cotprune.ranking import FitOptions, train_ranknet
 
     model, tok, *_ = gpt2_setup
     layout = ChainLayout(tok)

@@ -67,7 +67,8 @@ def fit_cmd(
     from cotprune.console import emit_summary
     from cotprune.files import read_manifest
     from cotprune.models import DEFAULT_MODEL
-    from cotprune.predictor import FitOptions, fit_predictor
+    from cotprune.predictor import fit_predictor
+    from cotprune.ranking import FitOptions
 
     opts = FitOptions(arch=arch, loss=loss, hidden=hidden, epochs=epochs, lr=lr,
                       weight_decay=weight_decay, seed=seed, batch_tokens=batch_tokens,
