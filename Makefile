@@ -20,6 +20,7 @@ $(BIN)/cotprune: pyproject.toml
 	touch $(BIN)/cotprune
 
 test: install
+	$(BIN)/ruff check cotprune tests bench
 	$(BIN)/python -m pytest -q
 
 test-fast: install
