@@ -61,11 +61,12 @@ class ChainState:
     def ids(self) -> list[int]:
         return [*self.prompt, *self.cot, *self.answer]
 
-    def objective_start(self, objective: str) -> int:
-        """First target position of J in the current sequence."""
+    def objective_start(self, objective: str, seq_len: int | None = None) -> int:
+        """First target position of J in the current sequence, or in one of `seq_len` tokens
+        made of this prompt, a (shortened) CoT and this answer."""
         if objective == "reason-answer":
             return len(self.prompt)
-        return len(self.prompt) + len(self.cot)
+        return (len(self.ids) if seq_len is None else seq_len) - len(self.answer)
 
 
 def group_candidates(candidates: Sequence[int], cot_start: int, length: int,
@@ -162,11 +163,6 @@ class DeletionScorer:
             self._prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]
         return self._prompt_kv
 
-    def _start(self, seq_len: int, state: ChainState) -> int:
-        """First target position of J in a sequence of `seq_len` built from `state`."""
-        p = len(state.prompt)
-        return p if self.objective == "reason-answer" else seq_len - len(state.answer)
-
     def _known(self, state: ChainState) -> tuple[ScoredRow | None, dict[int, ScoredRow], int]:
         """(S's row if already scored, kept rows S_k that candidates k < d can continue, d)."""
         chain, rows = self._chain, self._rows
@@ -224,7 +220,7 @@ class DeletionScorer:
         nll[:, :g] = job.known_nll
         for length in set(lengths):
             rows = [r for r, n in enumerate(lengths) if n == length]
-            first = max(g, self._start(length, state))
+            first = max(g, state.objective_start(self.objective, length))
             if first >= length:
                 continue
             h = hidden[rows, first - g:length - g]
@@ -262,7 +258,7 @@ class DeletionScorer:
         self._chain, self._rows = chain, rows
 
         def objective(row: ScoredRow) -> float:
-            return float(row.nll[self._start(len(row.ids), state):].sum())
+            return float(row.nll[state.objective_start(self.objective, len(row.ids)):].sum())
 
         return objective(chain), {k: objective(rows[k]) for k in candidates}
 

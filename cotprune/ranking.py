@@ -186,9 +186,7 @@ def mean_spearman(net: RankNet, xs: Sequence[torch.Tensor], ys: Sequence[Sequenc
 
 def validation_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """(train, validation) chain indices: a seeded random floor(fraction x n) are held out."""
-    order = list(range(n))
-    torch.manual_seed(seed)
-    order = [order[i] for i in torch.randperm(n).tolist()]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     k = math.floor(fraction * n)
     return sorted(order[k:]), sorted(order[:k])
 
