@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,14 +17,29 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+def find_shared() -> Path:
+    """The shared test data: ../shared beside the checkout (as CI has it), else
+    $COTPRUNE_SHARED, else ../shared beside the repository this one was cloned from (a scratch
+    clone in /tmp)."""
+    repo = Path(__file__).resolve().parents[1]
+    candidates = [repo.parent / "shared"]
+    if os.environ.get("COTPRUNE_SHARED"):
+        candidates.append(Path(os.environ["COTPRUNE_SHARED"]))
+    origin = subprocess.run(["git", "-C", str(repo), "config", "--get", "remote.origin.url"],
+                            capture_output=True, text=True).stdout.strip()
+    if origin and Path(origin).is_dir():
+        candidates.append(Path(origin).resolve().parent / "shared")
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+SHARED = find_shared()
 TOKENIZERS = SHARED / "data" / "tokenizers"
 GSM8K = SHARED / "data" / "gsm8k" / "train.jsonl"
 
 
 def _need(path: Path) -> Path:
     if not path.exists():
-        pytest.fail(f"test data missing: {path} (the tests expect ../shared beside the clone)")
+        pytest.fail(f"test data missing: {path} (the tests expect ../shared beside the clone, or COTPRUNE_SHARED)")
     return path
 
 
