@@ -39,7 +39,8 @@ GSM8K = SHARED / "data" / "gsm8k" / "train.jsonl"
 
 def _need(path: Path) -> Path:
     if not path.exists():
-        pytest.fail(f"test data missing: {path} (the tests expect ../shared beside the clone, or COTPRUNE_SHARED)")
+        pytest.fail(f"test data missing: {path} (the tests expect ../shared beside the clone, "
+                    "or COTPRUNE_SHARED)")
     return path
 
 
