@@ -26,6 +26,7 @@ the published code does) lives in the tests and bench/greedy.py.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -130,6 +131,9 @@ class DeletionScorer:
         self.objective = objective
         self.batch_tokens = batch_tokens
         self.decoder, self.head = decoder_and_head(model)
+        # transformers 5.x renamed the decoder's `past_key_values` argument and output to `cache`
+        params = inspect.signature(self.decoder.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self.device = next(model.parameters()).device
         self._prompt_key: tuple | None = None
         self._prompt_kv = None
@@ -148,9 +152,9 @@ class DeletionScorer:
         cache = DynamicCache(ddp_cache_data=past, config=self.model.config)
         positions = torch.arange(start_pos, start_pos + t, device=self.device).expand(b, t)
         mask = torch.ones((b, start_pos + t), dtype=torch.long, device=self.device)
-        out = self.decoder(input_ids=ids, past_key_values=cache, position_ids=positions,
-                           attention_mask=mask, use_cache=True)
-        return out.last_hidden_state, out.past_key_values
+        out = self.decoder(input_ids=ids, position_ids=positions, attention_mask=mask,
+                           use_cache=True, **{self._cache_arg: cache})
+        return out.last_hidden_state, out[self._cache_arg]
 
     @torch.no_grad()
     def prompt_cache(self, prompt: list[int]):
