@@ -30,13 +30,15 @@ GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 
 @torch.no_grad()
 def published_greedy(model, prompt, cot, answer, deletions, batch_tokens):
-    """Full recompute of every candidate at every step, candidates batched per step."""
+    """(order, trace, input tokens run): full recompute of every candidate at every step, the
+    candidates of a step batched."""
     positions = list(range(len(cot)))
-    order, trace = [], []
+    order, trace, tokens = [], [], 0
     for _ in range(deletions):
         seqs = [[*prompt, *[cot[i] for j, i in enumerate(positions) if j != k], *answer]
                 for k in range(len(positions))]
         width = len(seqs[0])
+        tokens += width * len(seqs)
         per_batch = max(1, batch_tokens // width)
         js = []
         for b in range(0, len(seqs), per_batch):
@@ -48,7 +50,7 @@ def published_greedy(model, prompt, cot, answer, deletions, batch_tokens):
         k = min(range(len(js)), key=lambda i: (js[i], i))
         order.append(positions.pop(k))
         trace.append(js[k])
-    return order, trace
+    return order, trace, tokens
 
 
 def parse_mode(spec: str):
@@ -104,6 +106,7 @@ def main() -> None:
     if next(iter(modes)) != "exact":
         sys.exit("--modes must start with exact")
     totals = {name: 0.0 for name in ["published", *modes]}
+    tokens = {name: 0 for name in ["published", *modes]}  # input tokens of all forwards
     j_at_keep = {name: [] for name in ["published", *modes]}
     same_order = True
     for lay in layouts:
@@ -123,14 +126,16 @@ def main() -> None:
 
         orders = {}
         if not args.skip_baseline:
-            (orders["published"], _), s = timed(published_greedy, model, prompt, cot, answer,
-                                                deletions, args.batch_tokens)
+            (orders["published"], _, ran), s = timed(published_greedy, model, prompt, cot,
+                                                     answer, deletions, args.batch_tokens)
             totals["published"] += s
+            tokens["published"] += ran
         for name, opts in modes.items():
             scorer = DeletionScorer(model, "reason-answer", args.batch_tokens)
             traj, s = timed(greedy_prune, scorer, prompt, cot, answer, deletions, opts=opts)
             orders[name] = traj.order
             totals[name] += s
+            tokens[name] += scorer.tokens_run
         for name, order in orders.items():
             j_at_keep[name].append(final_j(order))
         if "published" in orders:
@@ -148,6 +153,7 @@ def main() -> None:
         "cpu_seconds": {k: round(v, 2) for k, v in totals.items()},
         "speedup_vs_published": {k: round(totals["published"] / v, 2) for k, v in totals.items()}
         if not args.skip_baseline else None,
+        "tokens_run": tokens,
         "speedup_vs_exact": {k: round(totals["exact"] / v, 2) for k, v in totals.items() if v},
         "exact_order_equals_published": same_order if not args.skip_baseline else None,
         "sum_J_at_keep": {k: round(sum(v), 4) for k, v in j_at_keep.items() if v},

@@ -95,8 +95,9 @@ def greedy_prune(scorer: DeletionScorer, prompt: list[int], cot: list[int], answ
         allowed = [k for k, i in enumerate(positions) if i not in protected]
         full = (opts.shortlist is None or not estimates
                 or (opts.refresh_every and step % opts.refresh_every == 0))
-        if full:
-            base_j, js = scorer.candidate_objectives(state, allowed)
+        if full:  # exact steps only need the per_step best; lazy greedy keeps every J
+            best_of = opts.per_step if opts.shortlist is None else None
+            base_j, js = scorer.candidate_objectives(state, allowed, best_of=best_of)
         else:
             near = set() if last_at is None else {last_at - 1, last_at}
             stale = {k: estimates[i] for k, i in enumerate(positions) if i in estimates}

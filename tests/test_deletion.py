@@ -153,7 +153,7 @@ class SupermodularScorer:
         pairs = sum(1 for i in gone if i + 1 in gone)
         return sum(self.weights[i] for i in gone) + self.pair * pairs
 
-    def candidate_objectives(self, state, candidates):
+    def candidate_objectives(self, state, candidates, best_of=None):
         self.calls += 1
         cot = state.cot
         return self.j(cot), {k: self.j(cot[:k] + cot[k + 1:]) for k in candidates}
