@@ -44,23 +44,25 @@ import torch
 
 from cotprune.engine import decoder_and_head, logprob_entropy
 
-# A group's later members recompute tokens its first member needs anyway: candidate k in a group
-# starting at a wastes (k - a) tokens. Fewer, fuller forwards save per-forward overhead; wasted
-# tokens cost compute. On the CPU with SmolLM2 (64-token CoT) a quarter of the row measured ~8%
-# faster than allowing a whole row, and smaller waste bounds gained nothing more.
-MAX_WASTE = 0.25
+# A forward costs about this many tokens' worth of time before its first token: every weight is
+# read once per forward, whatever its size (SmolLM2 on the CPU: ~80 ms for a 2-token forward,
+# ~3 ms per token in a large one). Candidate groups and row jobs are sized against it.
+FORWARD_COST_TOKENS = 24
 
 # Kept rows hold O(n^2) keys and values (n rows of about n tokens). Rows past this many bytes of
 # KV are kept without it: they still give their J, but the next step recomputes them in full.
 KEEP_KV_BYTES = 4 * 2**30
 
 # Branch and bound (`best_of`): a candidate row stops CHECKPOINTS targets before its end and
-# goes on only while its bound can still be among the best. On the CPU with SmolLM2 and GSM8K
-# chains, (32, 16, 8) ran ~10% fewer tokens than a single check 16 from the end (which already
-# dropped ~20%). A row is dropped only when its bound exceeds the best by more than
-# BOUND_MARGIN nats, far above float32 log-softmax error (a "nonnegative" NLL term can come out
-# as -1e-6), so a row that ties or wins is never dropped.
+# goes on only while its bound can still be among the best; the SEED_ROWS likeliest winners run
+# to the end first, to give a tight bound. On the CPU with SmolLM2 (first 3 steps of a 90-token
+# GSM8K chain) this ran 8,338 tokens against 11,766 without bounds; a single check 16 from the
+# end ran 9,030 in about the same time (fewer, larger forwards), seeding with a whole batch 9,286.
+# A row is dropped only when its bound exceeds the best by more than BOUND_MARGIN nats, far
+# above float32 log-softmax error (a "nonnegative" NLL term can come out as -1e-6), so a row
+# that ties or wins is never dropped.
 CHECKPOINTS = (32, 16, 8)
+SEED_ROWS = 4
 BOUND_MARGIN = 1e-3
 
 
@@ -91,24 +93,35 @@ class ChainState:
 
 def group_candidates(candidates: Sequence[int], cot_start: int, length: int,
                      batch_tokens: int, *, with_base: bool = True) -> list[list[int]]:
-    """Split CoT candidate indices into groups that share a prefix.
+    """Split CoT candidate indices into groups that share a prefix, at the least cost.
 
     A group starting at candidate a runs rows of (length - cot_start - a) tokens, one per member
-    plus, with `with_base`, the undeleted chain in the first group (which then starts at a = 0).
-    A member k wastes (k - a) of its row; a new group starts when that passes MAX_WASTE x the
-    row, or when rows x length would pass the token budget.
+    plus, with `with_base`, the undeleted chain in the first group (which then starts at a = 0):
+    a member k recomputes (k - a) tokens its own row did not need. Cost of a group: its tokens
+    plus FORWARD_COST_TOKENS; a group's rows x length stays within the token budget (or it has
+    one member). The cheapest split of the sorted candidates is found by dynamic programming.
     """
     ordered = sorted(candidates)
-    groups: list[list[int]] = [[]]
-    start = 0 if with_base or not ordered else ordered[0]
-    for k in ordered:
-        rows = len(groups[-1]) + (2 if with_base and len(groups) == 1 else 1)
-        row = length - cot_start - start
-        if rows * length > batch_tokens and groups[-1] or (k - start) > MAX_WASTE * row:
-            groups.append([])
-            start = k
-        groups[-1].append(k)
-    return groups
+    if not ordered:
+        return [[]]
+    n = len(ordered)
+    best = [0.0] + [float("inf")] * n  # best[i]: cheapest split of ordered[:i]
+    cut = [0] * (n + 1)
+    for i in range(1, n + 1):
+        for j in range(i - 1, -1, -1):
+            base = with_base and j == 0
+            rows = i - j + base
+            if rows * length > batch_tokens and i - j > 1:
+                break
+            start = 0 if base else ordered[j]
+            cost = best[j] + rows * (length - cot_start - start) + FORWARD_COST_TOKENS
+            if cost < best[i]:
+                best[i], cut[i] = cost, j
+    groups, i = [], n
+    while i > 0:
+        groups.append(ordered[cut[i]:i])
+        i = cut[i]
+    return groups[::-1]
 
 
 @dataclass
@@ -216,9 +229,10 @@ class DeletionScorer:
                               len(ids))
 
     def _row_jobs(self, rows: dict[int, ScoredRow], keys: list[int], seqs: list[list[int]],
-                  g: int, length: int) -> list[Job]:
-        """Rows that go on from position g - 1 on their own KV, batched by the token budget."""
-        per_job = max(1, self.batch_tokens // length)
+                  g: int, end: int) -> list[Job]:
+        """Rows that run positions g - 1 .. end - 2 on their own KV, batched by the token budget
+        (which counts tokens run: the rows' KV is held already, within KEEP_KV_BYTES)."""
+        per_job = max(1, self.batch_tokens // max(1, end - g))
         return [Job(keys[s:s + per_job], seqs[s:s + per_job],
                     _stack_kv([rows[k].kv for k in keys[s:s + per_job]], g - 1),
                     torch.stack([rows[k].nll[:g] for k in keys[s:s + per_job]]), g)
@@ -295,16 +309,15 @@ class DeletionScorer:
         def likely(k: int) -> float:
             return bound_of[k] + float(rest[rows[k].scored_to + 1])
 
-        per_job = max(1, self.batch_tokens // len(state.ids))
         waiting = [k for k in candidates if not rows[k].finished]
-        first = sorted(waiting, key=lambda k: (likely(k), k))[:per_job]
+        first = sorted(waiting, key=lambda k: (likely(k), k))[:max(best_of, SEED_ROWS)]
         batches = [([k for k in first if rows[k].scored_to == g], None)
                    for g in sorted({rows[k].scored_to for k in first})]
         while batches:
             for batch, stop in batches:
                 g = rows[batch[0]].scored_to
                 for job in self._row_jobs(rows, batch, [rows[k].ids for k in batch], g,
-                                          len(state.ids)):
+                                          stop or len(state.ids)):
                     rows.update(zip(job.keys, self._run_job(job, state, stop)))
                 bound_of.update({k: self._objective(state, rows[k]) for k in batch})
             done = sorted(bound_of[k] for k in candidates if rows[k].finished)
@@ -314,10 +327,12 @@ class DeletionScorer:
             if not waiting:
                 return
             g = min(rows[k].scored_to for k in waiting)
-            batch = sorted((k for k in waiting if rows[k].scored_to == g),
-                           key=lambda k: (likely(k), k))[:per_job]
             later = [t for t in stops if t > g]
-            batches = [(batch, later[0] if later and worst < math.inf else None)]
+            stop = later[0] if later and worst < math.inf else None
+            batch = sorted((k for k in waiting if rows[k].scored_to == g),
+                           key=lambda k: (likely(k), k))
+            batches = [(batch[:max(1, self.batch_tokens // ((stop or len(state.ids)) - g))],
+                        stop)]
 
     def _objective(self, state: ChainState, row: ScoredRow) -> float:
         """J of a row (a lower bound on it where the row is not finished)."""

@@ -9,11 +9,17 @@ import torch
 
 
 @torch.no_grad()
+def full_objectives(model, seqs: list[list[int]], start: int) -> list[float]:
+    """J of equal-length sequences from one full forward and a float64 log-softmax."""
+    ids = torch.tensor(seqs)
+    keep = ids.shape[1] - start + 1  # logits only where J needs them (saves memory, not FLOPs)
+    logits = model(ids, logits_to_keep=keep).logits[:, :-1].double()
+    logp = torch.log_softmax(logits, -1)  # [:, r] predicts ids[:, start + r]
+    return (-logp.gather(-1, ids[:, start:, None]).sum((1, 2))).tolist()
+
+
 def full_objective(model, ids: list[int], start: int) -> float:
-    """J from one full forward and a float64 log-softmax over the whole vocabulary."""
-    logits = model(torch.tensor([ids])).logits[0].double()
-    logp = torch.log_softmax(logits, -1)
-    return -float(sum(logp[t - 1, ids[t]] for t in range(start, len(ids))))
+    return full_objectives(model, [ids], start)[0]
 
 
 def reference_greedy(model, prompt, cot, answer, deletions, objective):
@@ -21,13 +27,11 @@ def reference_greedy(model, prompt, cot, answer, deletions, objective):
     positions = list(range(len(cot)))
     order, trace = [], []
     for _ in range(deletions):
-        best = None
-        for k in range(len(positions)):
-            kept = [cot[i] for j, i in enumerate(positions) if j != k]
-            start = len(prompt) if objective == "reason-answer" else len(prompt) + len(kept)
-            j = full_objective(model, [*prompt, *kept, *answer], start)
-            if best is None or j < best[0]:
-                best = (j, k)
-        order.append(positions.pop(best[1]))
-        trace.append(best[0])
+        seqs = [[*prompt, *[cot[i] for j, i in enumerate(positions) if j != k], *answer]
+                for k in range(len(positions))]
+        start = len(prompt) if objective == "reason-answer" else len(seqs[0]) - len(answer)
+        js = full_objectives(model, seqs, start)
+        best = min(range(len(js)), key=lambda k: (js[k], k))
+        order.append(positions.pop(best))
+        trace.append(js[best])
     return order, trace

@@ -42,16 +42,17 @@ def test_candidate_objectives_equal_full_recompute(tiny, objective, batch_tokens
                                   abs=1e-3), k
 
 
+@pytest.mark.parametrize("checkpoints", [(16,), (6, 3)])  # where branch and bound checks
 @pytest.mark.parametrize("objective", ["reason-answer", "answer"])
 @pytest.mark.parametrize("cot", COTS)
-def test_exact_greedy_order_equals_reference_algorithm(tiny, objective, cot):
+def test_exact_greedy_order_equals_reference_algorithm(tiny, objective, cot, checkpoints):
     model, tok = tiny
     state = _state(tok, cot)
     deletions = len(state.cot) - 3
     ref_order, ref_trace = reference_greedy(model, state.prompt, state.cot, state.answer,
                                             deletions, objective)
-    traj = greedy_prune(DeletionScorer(model, objective, 2048), state.prompt, state.cot,
-                        state.answer, deletions)
+    scorer = DeletionScorer(model, objective, 2048, checkpoints=checkpoints)
+    traj = greedy_prune(scorer, state.prompt, state.cot, state.answer, deletions)
     assert traj.order == ref_order
     assert traj.trace == pytest.approx(ref_trace, abs=1e-3)
 
@@ -184,3 +185,62 @@ def test_lazy_greedy_rescores_past_the_shortlist_when_a_stale_cost_undercuts_the
     traj = greedy_prune(scorer, [0], list(range(5)), [0], 2, opts=GreedyOptions(shortlist=1))
     assert traj.order == [0, 2]
     assert scorer.calls == 3  # full first step, then the shortlist, then one more round
+
+
+def _check_best_of(full: dict[int, float], bounded: dict[int, float], m: int) -> list[int]:
+    """The m cheapest agree exactly; every other value is a lower bound on its J that already
+    exceeds the m-th cheapest J. Returns the candidates whose J was only bounded."""
+    best = sorted(full, key=lambda k: (full[k], k))[:m]
+    assert sorted(bounded, key=lambda k: (bounded[k], k))[:m] == best
+    assert [bounded[k] for k in best] == pytest.approx([full[k] for k in best], abs=1e-4)
+    cut = [k for k in full if abs(bounded[k] - full[k]) > 1e-4]
+    assert all(full[best[-1]] < bounded[k] < full[k] for k in cut)
+    return cut
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_best_of_gives_the_best_exactly_on_a_tiny_model(tiny, m):
+    model, tok = tiny
+    state = _state(tok, COTS[1])
+    _, full = DeletionScorer(model, "reason-answer", 96).candidate_objectives(state)
+    scorer = DeletionScorer(model, "reason-answer", 96, checkpoints=(6, 3))
+    _, bounded = scorer.candidate_objectives(state, best_of=m)
+    _check_best_of(full, bounded, m)
+
+
+GSM8K_QUESTION = ("Natalia sold clips to 48 of her friends in April, and then she sold half as "
+                  "many clips in May. How many clips did Natalia sell altogether in April and May?")
+GSM8K_COT = ("Natalia sold 48/2 = 24 clips in May. Natalia sold 48+24 = 72 clips altogether in "
+             "April and May.")
+
+
+@pytest.fixture(scope="module")
+def default_model(default_model_cache):
+    return load_model(ModelOptions(device="cpu"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("m", [1, 2])
+def test_best_of_drops_rows_that_cannot_win_on_the_default_model(default_model, m):
+    model, tok = default_model
+    state = _state(tok, GSM8K_COT, question=GSM8K_QUESTION, answer="72")
+    plain = DeletionScorer(model, "reason-answer", 4096)
+    _, full = plain.candidate_objectives(state)
+    bounded = DeletionScorer(model, "reason-answer", 4096, checkpoints=(8,))
+    _, js = bounded.candidate_objectives(state, best_of=m)
+    assert _check_best_of(full, js, m)  # some rows were dropped ...
+    assert bounded.tokens_run < plain.tokens_run  # ... and their tails never ran
+
+
+@pytest.mark.slow
+def test_exact_greedy_equals_reference_on_the_default_model(default_model):
+    """Two steps (the second continues kept rows, some of them dropped by the bound); the
+    answer objective, whose answer is too short to bound, is held to the reference above."""
+    model, tok = default_model
+    state = _state(tok, GSM8K_COT, question=GSM8K_QUESTION, answer="72")
+    ref_order, ref_trace = reference_greedy(model, state.prompt, state.cot, state.answer, 2,
+                                            "reason-answer")
+    scorer = DeletionScorer(model, "reason-answer", 4096, checkpoints=(8,))
+    traj = greedy_prune(scorer, state.prompt, state.cot, state.answer, 2)
+    assert traj.order == ref_order
+    assert traj.trace == pytest.approx(ref_trace, abs=1e-3)
