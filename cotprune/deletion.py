@@ -146,7 +146,7 @@ class Job:
     keys: list[int | None]  # candidate per row; None: the undeleted chain
     seqs: list[list[int]]  # the whole sequence of each row
     past: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, [rows, heads, g - 1, head_dim]
-    known_nll: torch.Tensor  # [rows, g]
+    known_nll: list[torch.Tensor]  # per row, its NLL of targets already known (>= g of them)
     g: int
 
 
@@ -235,7 +235,7 @@ class DeletionScorer:
         per_job = max(1, self.batch_tokens // max(1, end - g))
         return [Job(keys[s:s + per_job], seqs[s:s + per_job],
                     _stack_kv([rows[k].kv for k in keys[s:s + per_job]], g - 1),
-                    torch.stack([rows[k].nll[:g] for k in keys[s:s + per_job]]), g)
+                    [rows[k].nll[:g] for k in keys[s:s + per_job]], g)
                 for s in range(0, len(keys), per_job)]
 
     def _group_job(self, state: ChainState, chain: ScoredRow | None, group: list[int]) -> Job:
@@ -244,15 +244,15 @@ class DeletionScorer:
         keys: list[int | None] = list(group) if chain is not None else [None, *group]
         g = p + group[0] if chain is not None else p
         if chain is None:
-            past, known = self.prompt_cache(state.prompt), torch.zeros(
-                p, dtype=torch.float64, device=self.device)
-        else:
+            past = self.prompt_cache(state.prompt)
+            known = [torch.zeros(p, dtype=torch.float64, device=self.device)] * len(keys)
+        else:  # S_k's targets before p + k are S's
             past = [(key[:, :, :g - 1], val[:, :, :g - 1]) for key, val in chain.kv]
-            known = chain.nll[:g]
+            known = [chain.nll[:p + k] for k in keys]
         seqs = [ids if k is None else ids[:p + k] + ids[p + k + 1:] for k in keys]
         b = len(keys)
         return Job(keys, seqs, [(key.expand(b, -1, -1, -1), val.expand(b, -1, -1, -1))
-                                for key, val in past], known.expand(b, -1), g)
+                                for key, val in past], known, g)
 
     def _run_job(self, job: Job, state: ChainState, stop: int | None = None) -> list[ScoredRow]:
         """Forward a job's rows and score every target from g on (those J can need), up to
@@ -269,17 +269,21 @@ class DeletionScorer:
         ids = torch.tensor([seq[g - 1:end - 1] for seq in job.seqs], device=self.device)
         hidden, cache = self._run(ids, job.past, g - 1)
         nll = torch.zeros((len(lengths), max(lengths)), dtype=torch.float64, device=self.device)
-        nll[:, :g] = job.known_nll
-        for length in set(lengths):
-            rows = [r for r, n in enumerate(lengths) if n == length]
-            first, last = max(g, state.objective_start(self.objective, length)), min(length, end)
-            if first >= last:
-                continue
-            h = hidden[rows, first - g:last - g]
-            targets = torch.tensor([job.seqs[r][first:last] for r in rows], device=self.device)
-            logp, _ = logprob_entropy(h.reshape(-1, h.shape[-1]), self.head,
-                                      targets.reshape(-1), with_entropy=False)
-            nll[rows, first:last] = -logp.double().view(len(rows), last - first)
+        # project to the vocabulary only where J needs a target not known yet (a group member
+        # k recomputes S's tokens before its deletion: their NLL is S's)
+        spans = []
+        for r, (known, length) in enumerate(zip(job.known_nll, lengths)):
+            nll[r, :len(known)] = known
+            first = max(len(known), state.objective_start(self.objective, length))
+            spans.append((first, min(length, end)))
+        hs = [hidden[r, first - g:last - g] for r, (first, last) in enumerate(spans)]
+        targets = [t for seq, (first, last) in zip(job.seqs, spans) for t in seq[first:last]]
+        if targets:
+            logp, _ = logprob_entropy(torch.cat(hs), self.head,
+                                      torch.tensor(targets, device=self.device),
+                                      with_entropy=False)
+            for r, part in enumerate(torch.split(-logp.double(), [len(h) for h in hs])):
+                nll[r, spans[r][0]:spans[r][0] + len(part)] = part
         size = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
         keep = size <= self._kv_left or job.keys[0] is None or stop is not None
         self._kv_left -= size if keep else 0
@@ -361,7 +365,8 @@ class DeletionScorer:
         jobs += [self._group_job(state, chain, group) for group in groups if group]
         stops = self._checkpoints(state) if best_of else []
         for job in jobs:
-            cut = next((t for t in stops if t > job.g), None)
+            # a cut row holds its KV until its tail runs: cut only while the KV budget lasts
+            cut = next((t for t in stops if t > job.g), None) if self._kv_left > 0 else None
             rows.update(zip(job.keys, self._run_job(job, state, cut)))
         if stops:
             self._finish_rows(state, chain, rows, candidates, best_of, stops)

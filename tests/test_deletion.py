@@ -1,6 +1,7 @@
 import pytest
 from greedy_reference import full_objective, reference_greedy
 
+import cotprune.deletion as deletion
 from cotprune.deletion import ChainState, DeletionScorer, group_candidates
 from cotprune.greedy import GreedyOptions, greedy_prune, kept_positions
 from cotprune.layout import ChainLayout
@@ -40,6 +41,41 @@ def test_candidate_objectives_equal_full_recompute(tiny, objective, batch_tokens
         s2 = ChainState(state.prompt, state.cot[:k] + state.cot[k + 1:], state.answer)
         assert j == pytest.approx(full_objective(model, s2.ids, s2.objective_start(objective)),
                                   abs=1e-3), k
+
+
+def _split_cost(groups, cot_start, length, with_base):
+    cost = 0
+    for i, g in enumerate(groups):
+        base = with_base and i == 0
+        start = 0 if base else g[0]
+        cost += (len(g) + base) * (length - cot_start - start) + deletion.FORWARD_COST_TOKENS
+    return cost
+
+
+def _all_splits(items):
+    """Every split of a sorted list into consecutive non-empty groups."""
+    if len(items) <= 1:
+        yield [items]
+        return
+    for rest in _all_splits(items[1:]):
+        yield [[items[0]], *rest]
+        yield [[items[0], *rest[0]], *rest[1:]]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_group_candidates_finds_the_cheapest_split(seed):
+    import random
+
+    rng = random.Random(seed)
+    cands = sorted(rng.sample(range(40), rng.randint(1, 8)))
+    cot_start, length, with_base = 10, 60, seed % 2 == 0
+    budget = rng.choice([60 * 3, 60 * 5, 10**6])
+    got = group_candidates(cands, cot_start, length, budget, with_base=with_base)
+    ok = [g for g in _all_splits(cands)
+          if all((len(x) + (with_base and i == 0)) * length <= budget or len(x) == 1
+                 for i, x in enumerate(g))]
+    assert _split_cost(got, cot_start, length, with_base) == min(
+        _split_cost(g, cot_start, length, with_base) for g in ok)
 
 
 @pytest.mark.parametrize("checkpoints", [(16,), (6, 3)])  # where branch and bound checks
