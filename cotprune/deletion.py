@@ -7,7 +7,9 @@ each candidate only recomputes its suffix, on top of a cached prefix:
     sequence S (length L), prompt length p, candidate k at position q = p + k, S_k = S without q.
     A group of candidates k >= a shares the prefix S[:g-1] (g = p + a) as a KV cache and runs
     S_k[g-1:] as input: every row has the same length, so the group is one batched forward.
-    Row j of the output predicts S_k[g + j]; targets before g are S's, already known.
+    Row j of the output predicts S_k[g + j]; targets before q are S's, already known, so
+    only targets from q on are projected to the vocabulary. Groups are chosen to minimise
+    tokens run plus a fixed cost per forward (`group_candidates`).
 
 The first call on a chain computes S itself as an extra row of its first group (which sits on
 the prompt's KV, computed once per chain). Every scored row (S_k: its NLL per target and its KV)
@@ -27,7 +29,7 @@ branches and bounds: NLL terms are >= 0, so the NLL summed over a row's targets 
 its J from below. Rows first run up to a checkpoint a few targets before their end, then go on
 (lowest bound first) only while their bound is at most the m-th smallest finished J; a dropped
 row keeps its bound as its value. The answer is cheap to predict and a bad deletion shows early,
-so on GSM8K chains a quarter or more of the suffix tokens never run (BENCHMARKS.md).
+so on GSM8K chains about a quarter of the suffix tokens never run (BENCHMARKS.md).
 
 The plain reference (a full forward per candidate, as the published code does) lives in the
 tests and bench/greedy.py.
