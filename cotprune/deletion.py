@@ -352,7 +352,11 @@ class DeletionScorer:
         With `best_of=m`, a candidate that cannot be among the m cheapest may get a lower bound
         on its J, above the m-th smallest J, instead of its J: all that greedy needs.
         """
-        candidates = list(range(len(state.cot)) if candidates is None else candidates)
+        asked = list(range(len(state.cot)) if candidates is None else candidates)
+        # deleting any token of a run of equal tokens gives the same sequence: score the run's
+        # first only, so equal J are exactly equal and ties go to the lower index
+        first_of = {k: _first_of_run(state.cot, k) for k in asked}
+        candidates = sorted(set(first_of.values()))
         chain, kept, d = self._known(state)
         rows = dict(self._rows) if chain is not None and chain.ids == state.ids else {}
         rest = [k for k in candidates if k not in kept]
@@ -374,7 +378,7 @@ class DeletionScorer:
             self._finish_rows(state, chain, rows, candidates, best_of, stops)
         self._chain, self._rows = chain, rows
         return (self._objective(state, chain),
-                {k: self._objective(state, rows[k]) for k in candidates})
+                {k: self._objective(state, rows[first_of[k]]) for k in asked})
 
     def chain_objective(self, state: ChainState) -> float:
         """J of the current chain (the first group with no candidates)."""
@@ -384,6 +388,13 @@ class DeletionScorer:
         """loo[t] = J(chain without CoT token t) - J(chain), for every CoT token."""
         base_j, js = self.candidate_objectives(state)
         return [js[k] - base_j for k in range(len(state.cot))]
+
+
+def _first_of_run(cot: list[int], k: int) -> int:
+    """The first index of the run of equal tokens that holds cot[k]."""
+    while k > 0 and cot[k - 1] == cot[k]:
+        k -= 1
+    return k
 
 
 def _kv_bytes(row: ScoredRow) -> int:

@@ -8,7 +8,8 @@ from cotprune.layout import ChainLayout
 from cotprune.models import ModelOptions, load_model
 
 COTS = ["We add 3 and 4 to get 7, so it is seven.",
-        "First 12 minus 5 is 7. Then 7 times 2 is 14, check: 14/2=7."]
+        "First 12 minus 5 is 7. Then 7 times 2 is 14, check: 14/2=7.",
+        "So 7 7 7 and 100 is it."]  # runs of equal tokens: deleting any gives the same chain
 
 
 @pytest.fixture(scope="module")
@@ -280,3 +281,12 @@ def test_exact_greedy_equals_reference_on_the_default_model(default_model):
     traj = greedy_prune(scorer, state.prompt, state.cot, state.answer, 2)
     assert traj.order == ref_order
     assert traj.trace == pytest.approx(ref_trace, abs=1e-3)
+
+
+def test_equal_neighbours_get_exactly_equal_j(tiny):
+    model, tok = tiny
+    state = _state(tok, COTS[2])
+    runs = [k for k in range(1, len(state.cot)) if state.cot[k] == state.cot[k - 1]]
+    assert runs  # the chain has a run of equal tokens
+    _, js = DeletionScorer(model, "reason-answer", 96).candidate_objectives(state)
+    assert all(js[k] == js[k - 1] for k in runs)
