@@ -35,18 +35,22 @@ def published_greedy(model, prompt, cot, answer, deletions, batch_tokens):
     positions = list(range(len(cot)))
     order, trace, tokens = [], [], 0
     for _ in range(deletions):
-        seqs = [[*prompt, *[cot[i] for j, i in enumerate(positions) if j != k], *answer]
+        seqs = [tuple([*prompt, *[cot[i] for j, i in enumerate(positions) if j != k], *answer])
                 for k in range(len(positions))]
+        # equal neighbours give one sequence: scored once, so the tie goes to the lower index
+        unique = list(dict.fromkeys(seqs))
         width = len(seqs[0])
-        tokens += width * len(seqs)
+        tokens += width * len(unique)
         per_batch = max(1, batch_tokens // width)
-        js = []
-        for b in range(0, len(seqs), per_batch):
-            ids = torch.tensor(seqs[b:b + per_batch])
+        scored = []
+        for b in range(0, len(unique), per_batch):
+            ids = torch.tensor(unique[b:b + per_batch])
             logp = torch.log_softmax(model(ids).logits.float(), -1)
             tgt = ids[:, len(prompt):]
             nll = -logp[:, len(prompt) - 1:-1].gather(-1, tgt[..., None])[..., 0]
-            js += nll.double().sum(1).tolist()
+            scored += nll.double().sum(1).tolist()
+        j_of = dict(zip(unique, scored))
+        js = [j_of[seq] for seq in seqs]
         k = min(range(len(js)), key=lambda i: (js[i], i))
         order.append(positions.pop(k))
         trace.append(js[k])

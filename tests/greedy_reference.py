@@ -30,7 +30,11 @@ def reference_greedy(model, prompt, cot, answer, deletions, objective):
         seqs = [[*prompt, *[cot[i] for j, i in enumerate(positions) if j != k], *answer]
                 for k in range(len(positions))]
         start = len(prompt) if objective == "reason-answer" else len(seqs[0]) - len(answer)
-        js = full_objectives(model, seqs, start)
+        # deleting either of two equal neighbours gives one sequence: one J, so the tie goes to
+        # the lower index (two forwards of it could differ in the last float bit)
+        unique = list(dict.fromkeys(map(tuple, seqs)))
+        j_of = dict(zip(unique, full_objectives(model, [list(u) for u in unique], start)))
+        js = [j_of[tuple(seq)] for seq in seqs]
         best = min(range(len(js)), key=lambda k: (js[k], k))
         order.append(positions.pop(best))
         trace.append(js[best])
