@@ -315,17 +315,19 @@ class DeletionScorer:
         def likely(k: int) -> float:
             return bound_of[k] + float(rest[rows[k].scored_to + 1])
 
+        def advance(batch: list[int], stop: int | None) -> None:
+            """Run rows cut at the same target on to `stop` (None: to their end)."""
+            g = rows[batch[0]].scored_to
+            for job in self._row_jobs(rows, batch, [rows[k].ids for k in batch], g,
+                                      stop or len(state.ids)):
+                rows.update(zip(job.keys, self._run_job(job, state, stop)))
+            bound_of.update({k: self._objective(state, rows[k]) for k in batch})
+
         waiting = [k for k in candidates if not rows[k].finished]
-        first = sorted(waiting, key=lambda k: (likely(k), k))[:max(best_of, SEED_ROWS)]
-        batches = [([k for k in first if rows[k].scored_to == g], None)
-                   for g in sorted({rows[k].scored_to for k in first})]
-        while batches:
-            for batch, stop in batches:
-                g = rows[batch[0]].scored_to
-                for job in self._row_jobs(rows, batch, [rows[k].ids for k in batch], g,
-                                          stop or len(state.ids)):
-                    rows.update(zip(job.keys, self._run_job(job, state, stop)))
-                bound_of.update({k: self._objective(state, rows[k]) for k in batch})
+        seed = sorted(waiting, key=lambda k: (likely(k), k))[:max(best_of, SEED_ROWS)]
+        for g in sorted({rows[k].scored_to for k in seed}):
+            advance([k for k in seed if rows[k].scored_to == g], None)
+        while True:
             done = sorted(bound_of[k] for k in candidates if rows[k].finished)
             worst = done[best_of - 1] if len(done) >= best_of else math.inf
             waiting = [k for k in candidates
@@ -337,8 +339,7 @@ class DeletionScorer:
             stop = later[0] if later and worst < math.inf else None
             batch = sorted((k for k in waiting if rows[k].scored_to == g),
                            key=lambda k: (likely(k), k))
-            batches = [(batch[:max(1, self.batch_tokens // ((stop or len(state.ids)) - g))],
-                        stop)]
+            advance(batch[:max(1, self.batch_tokens // ((stop or len(state.ids)) - g))], stop)
 
     def _objective(self, state: ChainState, row: ScoredRow) -> float:
         """J of a row (a lower bound on it where the row is not finished)."""
