@@ -5,20 +5,21 @@ values of positions < q and the NLL terms of targets < q are those of the undele
 each candidate only recomputes its suffix, on top of a cached prefix:
 
     sequence S (length L), prompt length p, candidate k at position q = p + k, S_k = S without q.
-    A group of candidates k >= a shares the prefix S[:g-1] (g = p + a) as a KV cache and runs
-    S_k[g-1:] as input: every row has the same length, so the group is one batched forward.
-    Row j of the output predicts S_k[g + j]; targets before q are S's, already known, so
-    only targets from q on are projected to the vocabulary. Groups are chosen to minimise
-    tokens run plus a fixed cost per forward (`group_candidates`).
+    Candidate k runs S_k[q-1:] as input on top of S's keys and values before q - 1: the first
+    input predicts S_k[q], and targets before q are S's, already known, so only targets from q
+    on are projected to the vocabulary. Candidates are packed as blocks of one sequence on S's
+    KV (`_run_pack`): a 4D mask lets each block see S's positions before its own start and its
+    own earlier tokens. Every forward first reads all weights, so one pack of many short blocks
+    is much cheaper than a forward per candidate, and no token is run twice.
 
-The first call on a chain computes S itself as an extra row of its first group (which sits on
-the prompt's KV, computed once per chain). Every scored row (S_k: its NLL per target and its KV)
-is kept until the next call, which greedy makes on S' = S without the chosen token d:
+The first call on a chain computes S itself on the prompt's KV (computed once per chain). Every
+scored row (S_k: its NLL per target and its KV) is kept until the next call, which greedy makes
+on S' = S without the chosen token d:
 
 - S' is S_d, already scored: its J, NLL and KV come from that row, so no row of S' is run;
 - a candidate k < d of S' is S_k without d, which agrees with the kept row S_k up to position
   p + d - 1: it runs only from there, on that row's own KV (rows of different k batch together,
-  since they all start at the same position). Candidates k >= d run on the prefix of S' as above.
+  since they all start at the same position). Candidates k >= d run on S' (S_d's KV) as above.
 
 So a greedy step runs, for each candidate, only the tokens after both its own deletion and the
 previous step's deletion. A second call on the same chain (lazy greedy rescoring more
@@ -37,8 +38,10 @@ tests and bench/greedy.py.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,10 +49,10 @@ import torch
 
 from cotprune.engine import decoder_and_head, logprob_entropy
 
-# A forward costs about this many tokens' worth of time before its first token: every weight is
-# read once per forward, whatever its size (SmolLM2 on the CPU: ~80 ms for a 2-token forward,
-# ~3 ms per token in a large one). Candidate groups and row jobs are sized against it.
-FORWARD_COST_TOKENS = 24
+# Tokens per packed forward. Every forward first reads all weights (SmolLM2 on the CPU: ~80 ms
+# for a 2-token forward against ~2.5 ms per token in a large one), so packs should be large, but
+# each packed token attends to the whole pack (masked), which grows with the pack.
+PACK_TOKENS = 512
 
 # Kept rows hold O(n^2) keys and values (n rows of about n tokens). Rows past this many bytes of
 # KV are kept without it: they still give their J, but the next step recomputes them in full.
@@ -91,39 +94,6 @@ class ChainState:
         if objective == "reason-answer":
             return len(self.prompt)
         return (len(self.ids) if seq_len is None else seq_len) - len(self.answer)
-
-
-def group_candidates(candidates: Sequence[int], cot_start: int, length: int,
-                     batch_tokens: int, *, with_base: bool = True) -> list[list[int]]:
-    """Split CoT candidate indices into groups that share a prefix, at the least cost.
-
-    A group starting at candidate a runs rows of (length - cot_start - a) tokens, one per member
-    plus, with `with_base`, the undeleted chain in the first group (which then starts at a = 0):
-    a member k recomputes (k - a) tokens its own row did not need. Cost of a group: its tokens
-    plus FORWARD_COST_TOKENS; a group's rows x length stays within the token budget (or it has
-    one member). The cheapest split of the sorted candidates is found by dynamic programming.
-    """
-    ordered = sorted(candidates)
-    if not ordered:
-        return [[]]
-    n = len(ordered)
-    best = [0.0] + [float("inf")] * n  # best[i]: cheapest split of ordered[:i]
-    cut = [0] * (n + 1)
-    for i in range(1, n + 1):
-        for j in range(i - 1, -1, -1):
-            base = with_base and j == 0
-            rows = i - j + base
-            if rows * length > batch_tokens and i - j > 1:
-                break
-            start = 0 if base else ordered[j]
-            cost = best[j] + rows * (length - cot_start - start) + FORWARD_COST_TOKENS
-            if cost < best[i]:
-                best[i], cut[i] = cost, j
-    groups, i = [], n
-    while i > 0:
-        groups.append(ordered[cut[i]:i])
-        i = cut[i]
-    return groups[::-1]
 
 
 @dataclass
@@ -184,18 +154,26 @@ class DeletionScorer:
         self.tokens_run = 0  # input tokens of all forwards so far (for benchmarks and tests)
         self._kv_left = KEEP_KV_BYTES  # bytes of row KV the current call may still keep
 
-    def _run(self, ids: torch.Tensor, past, start_pos: int):
-        """Decoder forward of `ids` [B, T] at positions start_pos.. on top of `past` (or None)."""
+    def _run(self, ids: torch.Tensor, past, positions: torch.Tensor,
+             mask: torch.Tensor | None = None):
+        """Decoder forward of `ids` [B, T] at `positions` [B, T] on top of `past` (or None).
+
+        Without `mask`, each row sees its whole past and its own earlier tokens; a packed
+        forward passes its own 4D additive mask [B, 1, T, past + T]."""
         from transformers import DynamicCache
 
         b, t = ids.shape
         self.tokens_run += b * t
         cache = DynamicCache(ddp_cache_data=past, config=self.model.config)
-        positions = torch.arange(start_pos, start_pos + t, device=self.device).expand(b, t)
-        mask = torch.ones((b, start_pos + t), dtype=torch.long, device=self.device)
-        out = self.decoder(input_ids=ids, position_ids=positions, attention_mask=mask,
-                           use_cache=True, **{self._cache_arg: cache})
+        if mask is None:
+            mask = torch.ones((b, int(positions[0, 0]) + t), dtype=torch.long, device=self.device)
+        with _grouped_query_sdpa(self.device):
+            out = self.decoder(input_ids=ids, position_ids=positions, attention_mask=mask,
+                               use_cache=True, **{self._cache_arg: cache})
         return out.last_hidden_state, out[self._cache_arg]
+
+    def _positions(self, start: int, b: int, t: int) -> torch.Tensor:
+        return torch.arange(start, start + t, device=self.device).expand(b, t)
 
     @torch.no_grad()
     def prompt_cache(self, prompt: list[int]):
@@ -203,7 +181,7 @@ class DeletionScorer:
         key = tuple(prompt)
         if self._prompt_key != key:
             ids = torch.tensor([prompt[:-1]], device=self.device)
-            _, cache = self._run(ids, None, 0)
+            _, cache = self._run(ids, None, self._positions(0, 1, len(prompt) - 1))
             self._prompt_key = key
             self._prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]
         return self._prompt_kv
@@ -240,52 +218,27 @@ class DeletionScorer:
                     [rows[k].nll[:g] for k in keys[s:s + per_job]], g)
                 for s in range(0, len(keys), per_job)]
 
-    def _group_job(self, state: ChainState, chain: ScoredRow | None, group: list[int]) -> Job:
-        """Candidates k >= a on S's prefix; without `chain`, S itself rides along on the prompt."""
-        ids, p = state.ids, len(state.prompt)
-        keys: list[int | None] = list(group) if chain is not None else [None, *group]
-        g = p + group[0] if chain is not None else p
-        if chain is None:
-            past = self.prompt_cache(state.prompt)
-            known = [torch.zeros(p, dtype=torch.float64, device=self.device)] * len(keys)
-        else:  # S_k's targets before p + k are S's
-            past = [(key[:, :, :g - 1], val[:, :, :g - 1]) for key, val in chain.kv]
-            known = [chain.nll[:p + k] for k in keys]
-        seqs = [ids if k is None else ids[:p + k] + ids[p + k + 1:] for k in keys]
-        b = len(keys)
-        return Job(keys, seqs, [(key.expand(b, -1, -1, -1), val.expand(b, -1, -1, -1))
-                                for key, val in past], known, g)
+    def _chain_job(self, state: ChainState) -> Job:
+        """The undeleted chain S, on the prompt's KV."""
+        p = len(state.prompt)
+        return Job([None], [state.ids], self.prompt_cache(state.prompt),
+                   [torch.zeros(p, dtype=torch.float64, device=self.device)], p)
 
     def _run_job(self, job: Job, state: ChainState, stop: int | None = None) -> list[ScoredRow]:
         """Forward a job's rows and score every target from g on (those J can need), up to
         `stop` (exclusive; None: to the end of each row).
 
         The rows keep their KV while KEEP_KV_BYTES allows (`self._kv_left`); the undeleted
-        chain's row always does, since later groups of the same call need it, and so do rows
-        cut at `stop`, which may go on later.
+        chain's row always does, since the packs of the same call need it, and so do rows cut
+        at `stop`, which may go on later.
         """
         g, lengths = job.g, [len(seq) for seq in job.seqs]
         end = max(lengths) if stop is None else stop
-        # rows are as long as the longest minus its last token (which predicts nothing); the
-        # undeleted chain is one token longer than its candidates, which then run their last
+        # rows are as long as the longest minus its last token (which predicts nothing)
         ids = torch.tensor([seq[g - 1:end - 1] for seq in job.seqs], device=self.device)
-        hidden, cache = self._run(ids, job.past, g - 1)
-        nll = torch.zeros((len(lengths), max(lengths)), dtype=torch.float64, device=self.device)
-        # project to the vocabulary only where J needs a target not known yet (a group member
-        # k recomputes S's tokens before its deletion: their NLL is S's)
-        spans = []
-        for r, (known, length) in enumerate(zip(job.known_nll, lengths)):
-            nll[r, :len(known)] = known
-            first = max(len(known), state.objective_start(self.objective, length))
-            spans.append((first, min(length, end)))
-        hs = [hidden[r, first - g:last - g] for r, (first, last) in enumerate(spans)]
-        targets = [t for seq, (first, last) in zip(job.seqs, spans) for t in seq[first:last]]
-        if targets:
-            logp, _ = logprob_entropy(torch.cat(hs), self.head,
-                                      torch.tensor(targets, device=self.device),
-                                      with_entropy=False)
-            for r, part in enumerate(torch.split(-logp.double(), [len(h) for h in hs])):
-                nll[r, spans[r][0]:spans[r][0] + len(part)] = part
+        hidden, cache = self._run(ids, job.past, self._positions(g - 1, *ids.shape))
+        nll = self._score(state, job.seqs, job.known_nll, list(hidden), [g] * len(lengths),
+                          [min(length, end) for length in lengths])
         size = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
         keep = size <= self._kv_left or job.keys[0] is None or stop is not None
         self._kv_left -= size if keep else 0
@@ -293,6 +246,72 @@ class DeletionScorer:
                           [(layer.keys[r:r + 1], layer.values[r:r + 1]) for layer in cache.layers]
                           if keep else None, min(len(seq), end))
                 for r, seq in enumerate(job.seqs)]
+
+    def _run_pack(self, state: ChainState, chain: ScoredRow, keys: list[int],
+                  ends: list[int]) -> list[ScoredRow]:
+        """Candidates k, each run from position p + k - 1 to ends[k] - 2, as blocks of one
+        sequence on S's KV.
+
+        Block k sees S's positions before its start (S_k's prefix) and its own earlier tokens,
+        nothing of the other blocks; its tokens keep their true positions. So its outputs equal
+        a forward of S_k alone, in one forward for all blocks."""
+        ids, p = state.ids, len(state.prompt)
+        seqs = [ids[:p + k] + ids[p + k + 1:] for k in keys]
+        starts = [p + k - 1 for k in keys]
+        sizes = [end - 1 - start for start, end in zip(starts, ends)]
+        offsets = [sum(sizes[:r]) for r in range(len(keys))]
+        past_len, total = max(starts), sum(sizes)
+        tokens = [t for seq, start, end in zip(seqs, starts, ends) for t in seq[start:end - 1]]
+        positions = [i for start, end in zip(starts, ends) for i in range(start, end - 1)]
+        dtype = chain.kv[0][0].dtype
+        blocked = torch.finfo(dtype).min
+        mask = torch.full((1, 1, total, past_len + total), blocked, dtype=dtype,
+                          device=self.device)
+        causal = torch.full((max(sizes), max(sizes)), blocked, dtype=dtype,
+                            device=self.device).triu(1)
+        for start, off, size in zip(starts, offsets, sizes):
+            mask[0, 0, off:off + size, :start] = 0
+            mask[0, 0, off:off + size, past_len + off:past_len + off + size] = causal[:size, :size]
+        past = [(key[:, :, :past_len], val[:, :, :past_len]) for key, val in chain.kv]
+        hidden, cache = self._run(torch.tensor([tokens], device=self.device), past,
+                                  torch.tensor([positions], device=self.device), mask)
+        blocks = [hidden[0, off:off + size] for off, size in zip(offsets, sizes)]
+        nll = self._score(state, seqs, [chain.nll[:p + k] for k in keys], blocks,
+                          [start + 1 for start in starts], ends)
+        rows = []
+        for r, (seq, start, off, size) in enumerate(zip(seqs, starts, offsets, sizes)):
+            kv = [(torch.cat([layer.keys[:, :, :start],
+                              layer.keys[:, :, past_len + off:past_len + off + size]], 2),
+                   torch.cat([layer.values[:, :, :start],
+                              layer.values[:, :, past_len + off:past_len + off + size]], 2))
+                  for layer in cache.layers]
+            cut = ends[r] < len(seq)  # a cut row needs its KV to go on
+            keep = cut or _kv_bytes_of(kv) <= self._kv_left
+            self._kv_left -= _kv_bytes_of(kv) if keep else 0
+            rows.append(ScoredRow(seq, nll[r, :len(seq)], kv if keep else None, ends[r]))
+        return rows
+
+    def _score(self, state: ChainState, seqs: list[list[int]], known: list[torch.Tensor],
+               hidden: list[torch.Tensor], first: list[int], ends: list[int]) -> torch.Tensor:
+        """NLL per target [rows, longest] of rows whose hidden[r][j] predicts seqs[r][first[r]
+        + j]: targets in known[r] are copied, the others up to ends[r] that J needs are
+        projected to the vocabulary (0 elsewhere)."""
+        nll = torch.zeros((len(seqs), max(map(len, seqs))), dtype=torch.float64,
+                          device=self.device)
+        spans = []
+        for r, seq in enumerate(seqs):
+            nll[r, :len(known[r])] = known[r]
+            lo = max(len(known[r]), state.objective_start(self.objective, len(seq)))
+            spans.append((lo, min(len(seq), ends[r])))
+        hs = [hidden[r][lo - first[r]:hi - first[r]] for r, (lo, hi) in enumerate(spans)]
+        targets = [t for seq, (lo, hi) in zip(seqs, spans) for t in seq[lo:hi]]
+        if targets:
+            logp, _ = logprob_entropy(torch.cat(hs), self.head,
+                                      torch.tensor(targets, device=self.device),
+                                      with_entropy=False)
+            for r, part in enumerate(torch.split(-logp.double(), [len(h) for h in hs])):
+                nll[r, spans[r][0]:spans[r][0] + len(part)] = part
+        return nll
 
     def _checkpoints(self, state: ChainState) -> list[int]:
         """Targets at which candidate rows stop to check their bound, ascending (those after
@@ -362,19 +381,18 @@ class DeletionScorer:
         rows = dict(self._rows) if chain is not None and chain.ids == state.ids else {}
         rest = [k for k in candidates if k not in kept]
         self._kv_left = KEEP_KV_BYTES - sum(_kv_bytes(row) for row in rows.values())
-        groups = group_candidates(rest, len(state.prompt), len(state.ids), self.batch_tokens,
-                                  with_base=chain is None)
-        if chain is None:  # S rides along with the first group; later groups need its KV
-            job = self._group_job(state, None, groups.pop(0))
-            chain, *scored = self._run_job(job, state)
-            rows.update(zip(job.keys[1:], scored))
-        jobs = self._continued_jobs(state, kept, d, [k for k in candidates if k in kept])
-        jobs += [self._group_job(state, chain, group) for group in groups if group]
+        if chain is None:  # S first, on the prompt: every candidate's prefix is S's
+            chain, = self._run_job(self._chain_job(state), state)
         stops = self._checkpoints(state) if best_of else []
-        for job in jobs:
-            # a cut row holds its KV until its tail runs: cut only while the KV budget lasts
+        # a cut row holds its KV until its tail runs: cut only while the KV budget lasts
+        for job in self._continued_jobs(state, kept, d, [k for k in candidates if k in kept]):
             cut = next((t for t in stops if t > job.g), None) if self._kv_left > 0 else None
             rows.update(zip(job.keys, self._run_job(job, state, cut)))
+        p, length = len(state.prompt), len(state.ids) - 1  # candidates are one token shorter
+        ends = {k: next((t for t in stops if t > p + k), length) if self._kv_left > 0 else length
+                for k in rest}
+        for pack in _packs(rest, {k: ends[k] - p - k for k in rest}):
+            rows.update(zip(pack, self._run_pack(state, chain, pack, [ends[k] for k in pack])))
         if stops:
             self._finish_rows(state, chain, rows, candidates, best_of, stops)
         self._chain, self._rows = chain, rows
@@ -400,7 +418,44 @@ def _first_of_run(cot: list[int], k: int) -> int:
 
 def _kv_bytes(row: ScoredRow) -> int:
     """Bytes of a kept row's KV (its own slice: rows of one job share the job's tensors)."""
-    return 0 if row.kv is None else sum(k.nbytes + v.nbytes for k, v in row.kv)
+    return 0 if row.kv is None else _kv_bytes_of(row.kv)
+
+
+def _kv_bytes_of(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    return sum(k.nbytes + v.nbytes for k, v in kv)
+
+
+def _packs(keys: list[int], sizes: dict[int, int]) -> list[list[int]]:
+    """Keys in order, split into packs of at most PACK_TOKENS tokens (or one key)."""
+    packs, current, total = [], [], 0
+    for k in sorted(keys):
+        if current and total + sizes[k] > PACK_TOKENS:
+            packs.append(current)
+            current, total = [], 0
+        current.append(k)
+        total += sizes[k]
+    return packs + [current] if current else packs
+
+
+@contextlib.contextmanager
+def _grouped_query_sdpa(device: torch.device):
+    """On the CPU, let SDPA attend with grouped query heads directly under a mask.
+
+    transformers repeats the key and value heads (a copy per layer) whenever a mask is given,
+    because CUDA kernels need it; torch's CPU kernel does not, and skipping the copy made exact
+    greedy 7% faster on SmolLM2 (3 KV heads for 9 query heads). The switch is transformers' own
+    environment variable, read at every attention call; other versions ignore it."""
+    if device.type != "cpu" or os.environ.get(_FORCE_GQA) is not None:
+        yield
+        return
+    os.environ[_FORCE_GQA] = "1"
+    try:
+        yield
+    finally:
+        del os.environ[_FORCE_GQA]
+
+
+_FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
 
 
 def _stack_kv(kvs: list[list[tuple[torch.Tensor, torch.Tensor]]], length: int):

@@ -20,7 +20,7 @@ from cotprune.errors import InputError
 from cotprune.layout import Layout
 
 OBJECTIVES = ("reason-answer", "answer")
-VOCAB_CHUNK_ROWS = 512  # rows of hidden states projected to the vocabulary at a time
+VOCAB_CHUNK_ROWS = 128  # rows of hidden states projected to the vocabulary at a time
 
 
 def check_objective(objective: str) -> str:

@@ -2,7 +2,7 @@ import pytest
 from greedy_reference import full_objective, reference_greedy
 
 import cotprune.deletion as deletion
-from cotprune.deletion import ChainState, DeletionScorer, group_candidates
+from cotprune.deletion import ChainState, DeletionScorer
 from cotprune.greedy import GreedyOptions, greedy_prune, kept_positions
 from cotprune.layout import ChainLayout
 from cotprune.models import ModelOptions, load_model
@@ -22,11 +22,13 @@ def _state(tok, cot, question="What is it?", answer="7"):
     return ChainState(cl.prompt_ids(question), cl.cot_ids(cot), cl.answer_ids(answer))
 
 
-def test_group_candidates_covers_each_candidate_once_within_budget():
-    groups = group_candidates([9, 0, 1, 2, 3, 40, 41], cot_start=10, length=100, batch_tokens=300)
-    assert sorted(k for g in groups for k in g) == [0, 1, 2, 3, 9, 40, 41]
-    assert all(len(g) * 100 <= 300 or len(g) == 1 for g in groups)
-    assert all(g == sorted(g) for g in groups)
+def test_packs_cover_each_key_once_in_order_within_budget(monkeypatch):
+    monkeypatch.setattr(deletion, "PACK_TOKENS", 100)
+    sizes = {9: 40, 0: 90, 1: 60, 2: 50, 3: 30, 40: 120, 41: 5}
+    packs = deletion._packs(list(sizes), sizes)
+    assert [k for pack in packs for k in pack] == sorted(sizes)
+    assert all(sum(sizes[k] for k in pack) <= 100 or len(pack) == 1 for pack in packs)
+    assert packs == [[0], [1], [2, 3], [9], [40], [41]]
 
 
 @pytest.mark.parametrize("objective", ["reason-answer", "answer"])
@@ -44,39 +46,19 @@ def test_candidate_objectives_equal_full_recompute(tiny, objective, batch_tokens
                                   abs=1e-3), k
 
 
-def _split_cost(groups, cot_start, length, with_base):
-    cost = 0
-    for i, g in enumerate(groups):
-        base = with_base and i == 0
-        start = 0 if base else g[0]
-        cost += (len(g) + base) * (length - cot_start - start) + deletion.FORWARD_COST_TOKENS
-    return cost
-
-
-def _all_splits(items):
-    """Every split of a sorted list into consecutive non-empty groups."""
-    if len(items) <= 1:
-        yield [items]
-        return
-    for rest in _all_splits(items[1:]):
-        yield [[items[0]], *rest]
-        yield [[items[0], *rest[0]], *rest[1:]]
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_group_candidates_finds_the_cheapest_split(seed):
-    import random
-
-    rng = random.Random(seed)
-    cands = sorted(rng.sample(range(40), rng.randint(1, 8)))
-    cot_start, length, with_base = 10, 60, seed % 2 == 0
-    budget = rng.choice([60 * 3, 60 * 5, 10**6])
-    got = group_candidates(cands, cot_start, length, budget, with_base=with_base)
-    ok = [g for g in _all_splits(cands)
-          if all((len(x) + (with_base and i == 0)) * length <= budget or len(x) == 1
-                 for i, x in enumerate(g))]
-    assert _split_cost(got, cot_start, length, with_base) == min(
-        _split_cost(g, cot_start, length, with_base) for g in ok)
+@pytest.mark.parametrize("pack_tokens", [1, 40, 10**6])
+def test_packed_candidates_equal_full_recompute_for_any_pack_size(tiny, monkeypatch,
+                                                                  pack_tokens):
+    """One candidate per forward, a few per pack, or all in one: the same J (the 4D mask keeps
+    the blocks of a pack apart)."""
+    monkeypatch.setattr(deletion, "PACK_TOKENS", pack_tokens)
+    model, tok = tiny
+    state = _state(tok, COTS[0])
+    scorer = DeletionScorer(model, "reason-answer", 4096)
+    _, js = scorer.candidate_objectives(state)
+    for k, j in js.items():
+        s2 = ChainState(state.prompt, state.cot[:k] + state.cot[k + 1:], state.answer)
+        assert j == pytest.approx(full_objective(model, s2.ids, len(s2.prompt)), abs=1e-4), k
 
 
 @pytest.mark.parametrize("checkpoints", [(16,), (6, 3)])  # where branch and bound checks
