@@ -1,4 +1,5 @@
 import pytest
+import torch
 from greedy_reference import full_objective, reference_greedy
 
 import cotprune.deletion as deletion
@@ -22,10 +23,9 @@ def _state(tok, cot, question="What is it?", answer="7"):
     return ChainState(cl.prompt_ids(question), cl.cot_ids(cot), cl.answer_ids(answer))
 
 
-def test_packs_cover_each_key_once_in_order_within_budget(monkeypatch):
-    monkeypatch.setattr(deletion, "PACK_TOKENS", 100)
+def test_packs_cover_each_key_once_in_order_within_budget():
     sizes = {9: 40, 0: 90, 1: 60, 2: 50, 3: 30, 40: 120, 41: 5}
-    packs = deletion._packs(list(sizes), sizes)
+    packs = deletion._packs(list(sizes), sizes, 100)
     assert [k for pack in packs for k in pack] == sorted(sizes)
     assert all(sum(sizes[k] for k in pack) <= 100 or len(pack) == 1 for pack in packs)
     assert packs == [[0], [1], [2, 3], [9], [40], [41]]
@@ -272,3 +272,18 @@ def test_equal_neighbours_get_exactly_equal_j(tiny):
     assert runs  # the chain has a run of equal tokens
     _, js = DeletionScorer(model, "reason-answer", 96).candidate_objectives(state)
     assert all(js[k] == js[k - 1] for k in runs)
+
+
+def test_grouped_query_switch_is_set_only_during_cpu_forwards(monkeypatch):
+    import os
+
+    monkeypatch.delenv(deletion._FORCE_GQA, raising=False)
+    with deletion._grouped_query_sdpa(torch.device("cpu")):
+        assert os.environ[deletion._FORCE_GQA] == "1"
+    assert deletion._FORCE_GQA not in os.environ
+    with deletion._grouped_query_sdpa(torch.device("meta")):
+        assert deletion._FORCE_GQA not in os.environ
+    monkeypatch.setenv(deletion._FORCE_GQA, "0")  # a user's own setting is left alone
+    with deletion._grouped_query_sdpa(torch.device("cpu")):
+        assert os.environ[deletion._FORCE_GQA] == "0"
+    assert os.environ[deletion._FORCE_GQA] == "0"
