@@ -61,7 +61,7 @@ def test_packed_candidates_equal_full_recompute_for_any_pack_size(tiny, monkeypa
         assert j == pytest.approx(full_objective(model, s2.ids, len(s2.prompt)), abs=1e-4), k
 
 
-@pytest.mark.parametrize("checkpoints", [(16,), (6, 3)])  # where branch and bound checks
+@pytest.mark.parametrize("checkpoints", [deletion.CHECKPOINTS, (6, 3)])  # bound checks
 @pytest.mark.parametrize("objective", ["reason-answer", "answer"])
 @pytest.mark.parametrize("cot", COTS)
 def test_exact_greedy_order_equals_reference_algorithm(tiny, objective, cot, checkpoints):
