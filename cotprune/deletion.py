@@ -329,9 +329,10 @@ class DeletionScorer:
         """Run cut rows on while they can still be among the `best_of` cheapest candidates.
 
         A row's likely J is its bound plus what the undeleted chain pays for the same targets.
-        The likeliest rows run to the end first, to find a tight bound to beat; then each
-        checkpoint in turn sends its surviving rows to the next one. Rows that cannot win keep
-        their bound."""
+        The likeliest rows run to the end first, to find a tight bound to beat, together with
+        the rows whose bound already lies below the likely best J (they would most likely run
+        on anyway, and riding along saves a forward); then each checkpoint in turn sends its
+        surviving rows to the next one. Rows that cannot win keep their bound."""
         bound_of = {k: self._objective(state, rows[k]) for k in candidates}
         rest = chain.nll.flip(0).cumsum(0).flip(0)  # rest[t]: the chain's NLL from target t on
 
@@ -346,8 +347,6 @@ class DeletionScorer:
                 rows.update(zip(job.keys, self._run_job(job, state, stop)))
             bound_of.update({k: self._objective(state, rows[k]) for k in batch})
 
-        # the seeds: the likeliest winners, and every row whose bound is already within reach of
-        # the likely m-th best J (it will most likely have to run on anyway, so it rides along)
         waiting = sorted((k for k in candidates if not rows[k].finished),
                          key=lambda k: (likely(k), k))
         reach = likely(waiting[min(best_of, len(waiting)) - 1]) if waiting else math.inf
