@@ -264,18 +264,10 @@ class DeletionScorer:
         starts = [p + k - 1 for k in keys]
         sizes = [end - 1 - start for start, end in zip(starts, ends)]
         offsets = [sum(sizes[:r]) for r in range(len(keys))]
-        past_len, total = max(starts), sum(sizes)
+        past_len = max(starts)
         tokens = [t for seq, start, end in zip(seqs, starts, ends) for t in seq[start:end - 1]]
         positions = [i for start, end in zip(starts, ends) for i in range(start, end - 1)]
-        dtype = chain.kv[0][0].dtype
-        blocked = torch.finfo(dtype).min
-        mask = torch.full((1, 1, total, past_len + total), blocked, dtype=dtype,
-                          device=self.device)
-        causal = torch.full((max(sizes), max(sizes)), blocked, dtype=dtype,
-                            device=self.device).triu(1)
-        for start, off, size in zip(starts, offsets, sizes):
-            mask[0, 0, off:off + size, :start] = 0
-            mask[0, 0, off:off + size, past_len + off:past_len + off + size] = causal[:size, :size]
+        mask = block_mask(starts, sizes, past_len, chain.kv[0][0].dtype).to(self.device)
         past = [(key[:, :, :past_len], val[:, :, :past_len]) for key, val in chain.kv]
         hidden, cache = self._run(torch.tensor([tokens], device=self.device), past,
                                   torch.tensor([positions], device=self.device), mask)
@@ -416,6 +408,24 @@ class DeletionScorer:
         """loo[t] = J(chain without CoT token t) - J(chain), for every CoT token."""
         base_j, js = self.candidate_objectives(state)
         return [js[k] - base_j for k in range(len(state.cot))]
+
+
+def block_mask(starts: list[int], sizes: list[int], past_len: int,
+               dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention mask [1, 1, T, past_len + T] of a packed forward (T = sum(sizes)).
+
+    Block r (sizes[r] tokens, packed one after another) sees the shared past before starts[r]
+    and its own earlier tokens: 0 there, the dtype's minimum elsewhere."""
+    total = sum(sizes)
+    blocked = torch.finfo(dtype).min
+    mask = torch.full((1, 1, total, past_len + total), blocked, dtype=dtype)
+    causal = torch.full((max(sizes), max(sizes)), blocked, dtype=dtype).triu(1)
+    off = 0
+    for start, size in zip(starts, sizes):
+        mask[0, 0, off:off + size, :start] = 0
+        mask[0, 0, off:off + size, past_len + off:past_len + off + size] = causal[:size, :size]
+        off += size
+    return mask
 
 
 def _first_of_run(cot: list[int], k: int) -> int:

@@ -46,6 +46,21 @@ def test_candidate_objectives_equal_full_recompute(tiny, objective, batch_tokens
                                   abs=1e-3), k
 
 
+def test_block_mask_lets_each_block_see_its_past_prefix_and_its_own_earlier_tokens():
+    # past of 3 positions; block A (2 tokens) starts after past position 1, block B (3 tokens)
+    # after all 3
+    seen = deletion.block_mask([1, 3], [2, 3], 3, torch.float32)[0, 0] == 0
+    expected = torch.tensor([
+        # past    A     B
+        [1, 0, 0, 1, 0, 0, 0, 0],  # A0
+        [1, 0, 0, 1, 1, 0, 0, 0],  # A1
+        [1, 1, 1, 0, 0, 1, 0, 0],  # B0
+        [1, 1, 1, 0, 0, 1, 1, 0],  # B1
+        [1, 1, 1, 0, 0, 1, 1, 1],  # B2
+    ], dtype=torch.bool)
+    assert torch.equal(seen, expected)
+
+
 @pytest.mark.parametrize("pack_tokens", [1, 40, 10**6])
 def test_packed_candidates_equal_full_recompute_for_any_pack_size(tiny, monkeypatch,
                                                                   pack_tokens):
