@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import math
 import os
 from collections.abc import Sequence
@@ -263,7 +264,7 @@ class DeletionScorer:
         seqs = [ids[:p + k] + ids[p + k + 1:] for k in keys]
         starts = [p + k - 1 for k in keys]
         sizes = [end - 1 - start for start, end in zip(starts, ends)]
-        offsets = [sum(sizes[:r]) for r in range(len(keys))]
+        offsets = [0, *itertools.accumulate(sizes)][:-1]
         past_len = max(starts)
         tokens = [t for seq, start, end in zip(seqs, starts, ends) for t in seq[start:end - 1]]
         positions = [i for start, end in zip(starts, ends) for i in range(start, end - 1)]
@@ -274,17 +275,20 @@ class DeletionScorer:
         blocks = [hidden[0, off:off + size] for off, size in zip(offsets, sizes)]
         nll = self._score(state, seqs, [chain.nll[:p + k] for k in keys], blocks,
                           [start + 1 for start in starts], ends)
+        position_bytes = sum(layer.keys[0, :, 0].nbytes + layer.values[0, :, 0].nbytes
+                             for layer in cache.layers)
         rows = []
         for r, (seq, start, off, size) in enumerate(zip(seqs, starts, offsets, sizes)):
-            kv = [(torch.cat([layer.keys[:, :, :start],
-                              layer.keys[:, :, past_len + off:past_len + off + size]], 2),
-                   torch.cat([layer.values[:, :, :start],
-                              layer.values[:, :, past_len + off:past_len + off + size]], 2))
-                  for layer in cache.layers]
             cut = ends[r] < len(seq)  # a cut row needs its KV to go on
-            keep = cut or _kv_bytes_of(kv) <= self._kv_left
-            self._kv_left -= _kv_bytes_of(kv) if keep else 0
-            rows.append(ScoredRow(seq, nll[r, :len(seq)], kv if keep else None, ends[r]))
+            keep = cut or (start + size) * position_bytes <= self._kv_left
+            kv = None
+            if keep:  # the row's own KV: S's prefix, then its block
+                own = slice(past_len + off, past_len + off + size)
+                kv = [(torch.cat([layer.keys[:, :, :start], layer.keys[:, :, own]], 2),
+                       torch.cat([layer.values[:, :, :start], layer.values[:, :, own]], 2))
+                      for layer in cache.layers]
+                self._kv_left -= (start + size) * position_bytes
+            rows.append(ScoredRow(seq, nll[r, :len(seq)], kv, ends[r]))
         return rows
 
     def _score(self, state: ChainState, seqs: list[list[int]], known: list[torch.Tensor],
@@ -437,11 +441,7 @@ def _first_of_run(cot: list[int], k: int) -> int:
 
 def _kv_bytes(row: ScoredRow) -> int:
     """Bytes of a kept row's KV (its own slice: rows of one job share the job's tensors)."""
-    return 0 if row.kv is None else _kv_bytes_of(row.kv)
-
-
-def _kv_bytes_of(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
-    return sum(k.nbytes + v.nbytes for k, v in kv)
+    return 0 if row.kv is None else sum(k.nbytes + v.nbytes for k, v in row.kv)
 
 
 def _packs(keys: list[int], sizes: dict[int, int], budget: int) -> list[list[int]]:
