@@ -30,7 +30,11 @@ branches and bounds: NLL terms are >= 0, so the NLL summed over a row's targets 
 its J from below. Rows first run up to a checkpoint a few targets before their end, then go on
 (lowest bound first) only while their bound is at most the m-th smallest finished J; a dropped
 row keeps its bound as its value. The answer is cheap to predict and a bad deletion shows early,
-so on GSM8K chains about a quarter of the suffix tokens never run (BENCHMARKS.md).
+so on GSM8K chains about a quarter of the suffix tokens never run (BENCHMARKS.md). A row cut at
+a checkpoint does not even need its exact NLL so far, only a bound: its targets are projected
+onto a small vocabulary (the chain's tokens and the undeleted chain's likeliest ones,
+`nll_lower_bound`), and their hidden states are kept to project in full if the row goes on.
+Most rows stop at the checkpoint, so most targets never pay for the full vocabulary.
 
 The plain reference (a full forward per candidate, as the published code does) lives in the
 tests and bench/greedy.py.
@@ -43,12 +47,13 @@ import inspect
 import itertools
 import math
 import os
+from bisect import bisect_left
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from cotprune.engine import decoder_and_head, logprob_entropy
+from cotprune.engine import bound_vocabulary, decoder_and_head, logprob_entropy, nll_lower_bound
 
 # Tokens per packed forward (at most; the scorer's token budget caps it too). Every forward
 # first reads all weights (SmolLM2 on the CPU: ~80 ms for a 2-token forward against ~2.5 ms per
@@ -74,6 +79,12 @@ KEEP_KV_BYTES = 4 * 2**30
 CHECKPOINTS = (8,)
 SEED_ROWS = 4
 BOUND_MARGIN = 1e-3
+
+# The bound vocabulary of a chain: its own tokens and the BOUND_VOCAB_TOP likeliest tokens at
+# each target of the undeleted chain. On a 45-token GSM8K chain (~590 tokens at 32), as many rows
+# pass the checkpoint as with exact NLL at steps 0 and 16 and one more at step 8; at 8 (~160
+# tokens) one to three more.
+BOUND_VOCAB_TOP = 32
 
 
 @dataclass
@@ -102,14 +113,36 @@ class ChainState:
 
 
 @dataclass
+class Bounded:
+    """Targets of a row whose NLL holds only a lower bound, with the hidden states that predict
+    them: their exact NLL, once the row turns out to need it, costs a projection and no forward."""
+
+    positions: list[int]  # ascending
+    hidden: torch.Tensor  # [len(positions), hidden size]
+
+    def before(self, g: int) -> Bounded | None:
+        """The bounded targets before position g (None if there are none)."""
+        n = bisect_left(self.positions, g)
+        return Bounded(self.positions[:n], self.hidden[:n]) if n else None
+
+    @staticmethod
+    def join(old: Bounded | None, positions: list[int], hidden: torch.Tensor) -> Bounded:
+        if old is None:
+            return Bounded(positions, hidden)
+        return Bounded(old.positions + positions, torch.cat([old.hidden, hidden]))
+
+
+@dataclass
 class ScoredRow:
     """A scored sequence: NLL per target position (0 where J never needs it) and its KV."""
 
     ids: list[int]
-    nll: torch.Tensor  # float64 [len(ids)]; nll[t] = -log p(ids[t] | ids[:t]) for t < scored_to
+    nll: torch.Tensor  # float64 [len(ids)]; nll[t] = -log p(ids[t] | ids[:t]) for t < scored_to,
+    # or a lower bound on it at the `bounded` targets
     kv: list[tuple[torch.Tensor, torch.Tensor]] | None  # per layer, [1, heads, >= scored_to - 1,
     # dim]; None when it was not kept (KEEP_KV_BYTES)
     scored_to: int  # len(ids), or the checkpoint where the row stopped (branch and bound)
+    bounded: Bounded | None = None  # only rows cut at a checkpoint have them
 
     @property
     def finished(self) -> bool:
@@ -125,6 +158,7 @@ class Job:
     past: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, [rows, heads, g - 1, head_dim]
     known_nll: list[torch.Tensor]  # per row, its NLL of targets already known (>= g of them)
     g: int
+    bounded: list[Bounded | None]  # per row, which known targets hold only a bound
 
 
 def deleted_index(before: list[int], after: list[int], cot_start: int) -> int | None:
@@ -151,6 +185,9 @@ class DeletionScorer:
         params = inspect.signature(self.decoder.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self.device = next(model.parameters()).device
+        # sorted token ids whose logits bound a cut row's NLL (None: no bounds, every target
+        # projected in full); only a plain linear head's weight gives the logits directly
+        self._bound_vocab: torch.Tensor | None = None
         self._prompt_key: tuple | None = None
         self._prompt_kv = None
         # rows of the last call: the chain S, and S_k per scored candidate k
@@ -220,14 +257,16 @@ class DeletionScorer:
         per_job = max(1, self.batch_tokens // max(1, end - g))
         return [Job(keys[s:s + per_job], seqs[s:s + per_job],
                     _stack_kv([rows[k].kv for k in keys[s:s + per_job]], g - 1),
-                    [rows[k].nll[:g] for k in keys[s:s + per_job]], g)
+                    [rows[k].nll[:g] for k in keys[s:s + per_job]], g,
+                    [rows[k].bounded and rows[k].bounded.before(g)
+                     for k in keys[s:s + per_job]])
                 for s in range(0, len(keys), per_job)]
 
     def _chain_job(self, state: ChainState) -> Job:
         """The undeleted chain S, on the prompt's KV."""
         p = len(state.prompt)
         return Job([None], [state.ids], self.prompt_cache(state.prompt),
-                   [torch.zeros(p, dtype=torch.float64, device=self.device)], p)
+                   [torch.zeros(p, dtype=torch.float64, device=self.device)], p, [None])
 
     def _run_job(self, job: Job, state: ChainState, stop: int | None = None) -> list[ScoredRow]:
         """Forward a job's rows and score every target from g on (those J can need), up to
@@ -242,14 +281,18 @@ class DeletionScorer:
         # rows are as long as the longest minus its last token (which predicts nothing)
         ids = torch.tensor([seq[g - 1:end - 1] for seq in job.seqs], device=self.device)
         hidden, cache = self._run(ids, job.past, self._positions(g - 1, *ids.shape))
-        nll = self._score(state, job.seqs, job.known_nll, list(hidden), [g] * len(lengths),
-                          [min(length, end) for length in lengths])
+        if job.keys[0] is None:  # the undeleted chain: its likeliest tokens make the bounds
+            self._bound_vocab = (bound_vocabulary(self.head(hidden[0]), state.ids,
+                                                  BOUND_VOCAB_TOP)
+                                 if type(self.head) is torch.nn.Linear else None)
+        nll, bounded = self._score(state, job.seqs, job.known_nll, job.bounded, list(hidden),
+                                   [g] * len(lengths), [min(length, end) for length in lengths])
         size = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
         keep = size <= self._kv_left or job.keys[0] is None or stop is not None
         self._kv_left -= size if keep else 0
         return [ScoredRow(seq, nll[r, :len(seq)],
                           [(layer.keys[r:r + 1], layer.values[r:r + 1]) for layer in cache.layers]
-                          if keep else None, min(len(seq), end))
+                          if keep else None, min(len(seq), end), bounded[r])
                 for r, seq in enumerate(job.seqs)]
 
     def _run_pack(self, state: ChainState, chain: ScoredRow, keys: list[int],
@@ -273,8 +316,9 @@ class DeletionScorer:
         hidden, cache = self._run(torch.tensor([tokens], device=self.device), past,
                                   torch.tensor([positions], device=self.device), mask)
         blocks = [hidden[0, off:off + size] for off, size in zip(offsets, sizes)]
-        nll = self._score(state, seqs, [chain.nll[:p + k] for k in keys], blocks,
-                          [start + 1 for start in starts], ends)
+        nll, bounded = self._score(state, seqs, [chain.nll[:p + k] for k in keys],
+                                   [None] * len(keys), blocks, [start + 1 for start in starts],
+                                   ends)
         position_bytes = sum(layer.keys[0, :, 0].nbytes + layer.values[0, :, 0].nbytes
                              for layer in cache.layers)
         rows = []
@@ -288,30 +332,45 @@ class DeletionScorer:
                        torch.cat([layer.values[:, :, :start], layer.values[:, :, own]], 2))
                       for layer in cache.layers]
                 self._kv_left -= (start + size) * position_bytes
-            rows.append(ScoredRow(seq, nll[r, :len(seq)], kv, ends[r]))
+            rows.append(ScoredRow(seq, nll[r, :len(seq)], kv, ends[r], bounded[r]))
         return rows
 
     def _score(self, state: ChainState, seqs: list[list[int]], known: list[torch.Tensor],
-               hidden: list[torch.Tensor], first: list[int], ends: list[int]) -> torch.Tensor:
-        """NLL per target [rows, longest] of rows whose hidden[r][j] predicts seqs[r][first[r]
-        + j]: targets in known[r] are copied, the others up to ends[r] that J needs are
-        projected to the vocabulary (0 elsewhere)."""
+               inherited: list[Bounded | None], hidden: list[torch.Tensor], first: list[int],
+               ends: list[int]) -> tuple[torch.Tensor, list[Bounded | None]]:
+        """(NLL per target [rows, longest], bounded targets per row) of rows whose hidden[r][j]
+        predicts seqs[r][first[r] + j]: targets in known[r] are copied, the others up to ends[r]
+        that J needs are projected to the vocabulary (0 elsewhere).
+
+        A row cut before its end only gets lower bounds on its new targets and keeps their hidden
+        states; a row that reaches its end is projected in full, with the bounded targets it
+        inherited (`inherited[r]`, a part of known[r])."""
         nll = torch.zeros((len(seqs), max(map(len, seqs))), dtype=torch.float64,
                           device=self.device)
-        spans = []
+        full, cheap, bounded = _Targets(), _Targets(), []
         for r, seq in enumerate(seqs):
             nll[r, :len(known[r])] = known[r]
             lo = max(len(known[r]), state.objective_start(self.objective, len(seq)))
-            spans.append((lo, min(len(seq), ends[r])))
-        hs = [hidden[r][lo - first[r]:hi - first[r]] for r, (lo, hi) in enumerate(spans)]
-        targets = [t for seq, (lo, hi) in zip(seqs, spans) for t in seq[lo:hi]]
-        if targets:
-            logp, _ = logprob_entropy(torch.cat(hs), self.head,
-                                      torch.tensor(targets, device=self.device),
-                                      with_entropy=False)
-            for r, part in enumerate(torch.split(-logp.double(), [len(h) for h in hs])):
-                nll[r, spans[r][0]:spans[r][0] + len(part)] = part
-        return nll
+            hi = max(lo, min(len(seq), ends[r]))
+            new = list(range(lo, hi))
+            h = hidden[r][lo - first[r]:hi - first[r]]
+            if hi < len(seq) and self._bound_vocab is not None:
+                cheap.add(r, new, h, seq)
+                bounded.append(Bounded.join(inherited[r], new, h))
+            else:
+                full.add(r, new, h, seq)
+                if inherited[r] is not None:
+                    full.add(r, inherited[r].positions, inherited[r].hidden, seq)
+                bounded.append(None)
+        if full.rows:
+            logp, _ = logprob_entropy(torch.cat(full.hidden), self.head,
+                                      full.tokens_on(self.device), with_entropy=False)
+            nll[full.index()] = -logp.double()
+        if cheap.rows:
+            nll[cheap.index()] = nll_lower_bound(torch.cat(cheap.hidden), self.head.weight,
+                                                 self._bound_vocab,
+                                                 cheap.tokens_on(self.device)).double()
+        return nll, bounded
 
     def _checkpoints(self, state: ChainState) -> list[int]:
         """Targets at which candidate rows stop to check their bound, ascending (those after
@@ -412,6 +471,28 @@ class DeletionScorer:
         """loo[t] = J(chain without CoT token t) - J(chain), for every CoT token."""
         base_j, js = self.candidate_objectives(state)
         return [js[k] - base_j for k in range(len(state.cot))]
+
+
+@dataclass
+class _Targets:
+    """Targets to project at once: their place in the NLL table, hidden states and tokens."""
+
+    rows: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    hidden: list[torch.Tensor] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+
+    def add(self, row: int, positions: list[int], hidden: torch.Tensor, seq: list[int]) -> None:
+        self.rows += [row] * len(positions)
+        self.positions += positions
+        self.hidden.append(hidden)
+        self.tokens += [seq[t] for t in positions]
+
+    def index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.tensor(self.rows), torch.tensor(self.positions)
+
+    def tokens_on(self, device: torch.device) -> torch.Tensor:
+        return torch.tensor(self.tokens, device=device)
 
 
 def block_mask(starts: list[int], sizes: list[int], past_len: int,
