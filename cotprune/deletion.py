@@ -238,6 +238,7 @@ class DeletionScorer:
         d = deleted_index(chain.ids, state.ids, len(state.prompt))
         if d is None or d not in rows or rows[d].kv is None or not rows[d].finished:
             return None, {}, 0
+        self._resolve([rows[d]])  # S' was chosen by its exact J: this is a no-op
         g = len(state.prompt) + d - 1  # where candidates k < d continue (_continued_jobs)
         return rows[d], {k: row for k, row in rows.items()
                          if k < d and row.kv is not None and row.scored_to >= g}, d
@@ -343,8 +344,8 @@ class DeletionScorer:
         that J needs are projected to the vocabulary (0 elsewhere).
 
         A row cut before its end only gets lower bounds on its new targets and keeps their hidden
-        states; a row that reaches its end is projected in full, with the bounded targets it
-        inherited (`inherited[r]`, a part of known[r])."""
+        states; a row that reaches its end is projected in full, and keeps the bounded targets it
+        inherited (`inherited[r]`, a part of known[r]) until `_resolve`."""
         nll = torch.zeros((len(seqs), max(map(len, seqs))), dtype=torch.float64,
                           device=self.device)
         full, cheap, bounded = _Targets(), _Targets(), []
@@ -359,9 +360,7 @@ class DeletionScorer:
                 bounded.append(Bounded.join(inherited[r], new, h))
             else:
                 full.add(r, new, h, seq)
-                if inherited[r] is not None:
-                    full.add(r, inherited[r].positions, inherited[r].hidden, seq)
-                bounded.append(None)
+                bounded.append(inherited[r])
         if full.rows:
             logp, _ = logprob_entropy(torch.cat(full.hidden), self.head,
                                       full.tokens_on(self.device), with_entropy=False)
@@ -371,6 +370,37 @@ class DeletionScorer:
                                                  self._bound_vocab,
                                                  cheap.tokens_on(self.device)).double()
         return nll, bounded
+
+    def _resolve(self, rows: list[ScoredRow]) -> None:
+        """Project the bounded targets of `rows` in full (one batch), making their NLL exact."""
+        todo = _Targets()
+        for r, row in enumerate(rows):
+            if row.bounded is not None:
+                todo.add(r, row.bounded.positions, row.bounded.hidden, row.ids)
+        if todo.rows:
+            logp, _ = logprob_entropy(torch.cat(todo.hidden), self.head,
+                                      todo.tokens_on(self.device), with_entropy=False)
+            values = iter((-logp.double()).split([len(row.bounded.positions) for row in rows
+                                                  if row.bounded is not None]))
+            for row in rows:
+                if row.bounded is not None:
+                    row.nll[row.bounded.positions] = next(values)
+                    row.bounded = None
+
+    def _settle(self, state: ChainState, rows: dict[int, ScoredRow], finished: list[int],
+                best_of: int, bound_of: dict[int, float]) -> list[float]:
+        """Sorted exact J of the finished rows, after making exact those that may be among the
+        `best_of` cheapest (lowest bound first); the others keep their bound in `bound_of`."""
+        while True:
+            exact = sorted(bound_of[k] for k in finished if rows[k].bounded is None)
+            worst = exact[best_of - 1] if len(exact) >= best_of else math.inf
+            todo = sorted((k for k in finished if rows[k].bounded is not None
+                           and bound_of[k] <= worst + BOUND_MARGIN), key=bound_of.get)
+            if not todo:
+                return exact
+            todo = todo[:best_of - len(exact)] if worst == math.inf else todo
+            self._resolve([rows[k] for k in todo])
+            bound_of.update({k: self._objective(state, rows[k]) for k in todo})
 
     def _checkpoints(self, state: ChainState) -> list[int]:
         """Targets at which candidate rows stop to check their bound, ascending (those after
@@ -410,7 +440,8 @@ class DeletionScorer:
         for g in sorted({rows[k].scored_to for k in seed}):
             advance([k for k in seed if rows[k].scored_to == g], None)
         while True:
-            done = sorted(bound_of[k] for k in candidates if rows[k].finished)
+            done = self._settle(state, rows, [k for k in candidates if rows[k].finished],
+                                best_of, bound_of)
             worst = done[best_of - 1] if len(done) >= best_of else math.inf
             waiting = [k for k in candidates
                        if not rows[k].finished and bound_of[k] <= worst + BOUND_MARGIN]
@@ -457,8 +488,10 @@ class DeletionScorer:
         budget = min(PACK_TOKENS, self.batch_tokens)
         for pack in _packs(rest, {k: ends[k] - p - k for k in rest}, budget):
             rows.update(zip(pack, self._run_pack(state, chain, pack, [ends[k] for k in pack])))
-        if stops:
+        if best_of:
             self._finish_rows(state, chain, rows, candidates, best_of, stops)
+        else:  # every J asked for is wanted exactly (rows may come from a bounded call)
+            self._resolve([rows[k] for k in candidates])
         self._chain, self._rows = chain, rows
         return (self._objective(state, chain),
                 {k: self._objective(state, rows[first_of[k]]) for k in asked})
