@@ -23,12 +23,14 @@ def _state(tok, cot, question="What is it?", answer="7"):
     return ChainState(cl.prompt_ids(question), cl.cot_ids(cot), cl.answer_ids(answer))
 
 
-def test_packs_cover_each_key_once_in_order_within_budget():
-    sizes = {9: 40, 0: 90, 1: 60, 2: 50, 3: 30, 40: 120, 41: 5}
-    packs = deletion._packs(list(sizes), sizes, 100)
-    assert [k for pack in packs for k in pack] == sorted(sizes)
-    assert all(sum(sizes[k] for k in pack) <= 100 or len(pack) == 1 for pack in packs)
-    assert packs == [[0], [1], [2, 3], [9], [40], [41]]
+def test_lanes_hold_each_key_once_in_as_few_balanced_lanes_as_the_width_allows():
+    sizes = {0: 50, 1: 45, 2: 40, 3: 30, 4: 20, 5: 10, 6: 5, 7: 1}  # 201 tokens
+    lanes = deletion._lanes(list(sizes), sizes, 128)
+    assert sorted(k for lane in lanes for k in lane) == sorted(sizes)
+    fills = [sum(sizes[k] for k in lane) for lane in lanes]
+    assert len(lanes) == 2 and fills == sorted(fills, reverse=True)
+    assert max(fills) - min(fills) <= max(sizes.values())  # balanced: not 128 + 73
+    assert deletion._lanes([0, 1], {0: 300, 1: 2}, 128) == [[0], [1]]  # too long: its own lane
 
 
 @pytest.mark.parametrize("objective", ["reason-answer", "answer"])
@@ -59,14 +61,20 @@ def test_block_mask_lets_each_block_see_its_past_prefix_and_its_own_earlier_toke
         [1, 1, 1, 0, 0, 1, 1, 1],  # B2
     ], dtype=torch.bool)
     assert torch.equal(seen, expected)
+    padded = deletion.block_mask([1, 3], [2, 3], 3, torch.float32, width=7)[0, 0] == 0
+    assert padded.shape == (7, 10)
+    assert torch.equal(padded[:5, :8], expected)
+    assert not padded[5:].any() and not padded[:, 8:].any()  # padding: seen by nothing
 
 
-@pytest.mark.parametrize("pack_tokens", [1, 40, 10**6])
+@pytest.mark.parametrize("pack_tokens, lane_tokens", [(1, 128), (40, 128), (10**6, 128),
+                                                     (10**6, 8)])
 def test_packed_candidates_equal_full_recompute_for_any_pack_size(tiny, monkeypatch,
-                                                                  pack_tokens):
-    """One candidate per forward, a few per pack, or all in one: the same J (the 4D mask keeps
-    the blocks of a pack apart)."""
+                                                                  pack_tokens, lane_tokens):
+    """One candidate per forward, a few per pack, or all in one, in lanes that are full,
+    padded or overlong: the same J (the 4D mask keeps the blocks of a pack apart)."""
     monkeypatch.setattr(deletion, "PACK_TOKENS", pack_tokens)
+    monkeypatch.setattr(deletion, "LANE_TOKENS", lane_tokens)
     model, tok = tiny
     state = _state(tok, COTS[0])
     scorer = DeletionScorer(model, "reason-answer", 4096)
