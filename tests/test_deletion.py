@@ -163,6 +163,24 @@ def test_next_step_continues_kept_rows_and_agrees_with_a_fresh_scorer(tiny, obje
     assert scorer.tokens_run - before < fresh_scorer.tokens_run - len(after.ids)
 
 
+def test_rows_bounded_in_a_best_of_step_are_exact_in_a_plain_next_step(tiny, monkeypatch):
+    """Rows cut at a checkpoint keep only bounds on their targets; the next step continues
+    them, and a call without best_of must still give every J exactly."""
+    # a random model spreads its mass: only the whole vocabulary bounds tightly enough to drop
+    monkeypatch.setattr(deletion, "BOUND_VOCAB_TOP", 10**6)
+    model, tok = tiny
+    state = _state(tok, COTS[1])
+    scorer = DeletionScorer(model, "reason-answer", 96, checkpoints=(6, 3))
+    scorer.candidate_objectives(state, best_of=1)
+    d = len(state.cot) - 2  # rows k < d go on from p + d - 1, with their bounds before it
+    assert any(row.bounded.before(len(state.prompt) + d - 1) for k, row in scorer._rows.items()
+               if k < d and row.bounded is not None)
+    after = ChainState(state.prompt, state.cot[:d] + state.cot[d + 1:], state.answer)
+    _, js = scorer.candidate_objectives(after)
+    _, fresh = DeletionScorer(model, "reason-answer", 96).candidate_objectives(after)
+    assert js == pytest.approx(fresh, abs=1e-4)
+
+
 def test_rows_past_the_kv_budget_are_recomputed_and_agree(tiny, monkeypatch):
     import cotprune.deletion as deletion
 
@@ -271,7 +289,8 @@ def test_best_of_drops_rows_that_cannot_win_on_the_default_model(default_model, 
     bounded = DeletionScorer(model, "reason-answer", 4096, checkpoints=(8,))
     _, js = bounded.candidate_objectives(state, best_of=m)
     assert _check_best_of(full, js, m)  # some rows were dropped ...
-    assert bounded.tokens_run < plain.tokens_run  # ... and their tails never ran
+    assert bounded.tokens_run < plain.tokens_run  # ... and their tails never ran ...
+    assert any(row.bounded is not None for row in bounded._rows.values())  # ... nor projected
 
 
 @pytest.mark.slow
