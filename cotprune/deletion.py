@@ -42,18 +42,17 @@ tests and bench/greedy.py.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import itertools
 import math
-import os
-from bisect import bisect_left
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from cotprune.engine import bound_vocabulary, decoder_and_head, logprob_entropy, nll_lower_bound
+from cotprune.bounds import Bounded, Targets, bound_vocabulary, nll_lower_bound
+from cotprune.engine import decoder_and_head, logprob_entropy
+from cotprune.packing import grouped_query_sdpa, lanes, lay_out, stack_kv
 
 # Tokens per packed forward (at most; the scorer's token budget caps it too). Every forward
 # first reads all weights (SmolLM2 on the CPU: ~80 ms for a 2-token forward against ~2.5 ms per
@@ -114,26 +113,6 @@ class ChainState:
         if objective == "reason-answer":
             return len(self.prompt)
         return (len(self.ids) if seq_len is None else seq_len) - len(self.answer)
-
-
-@dataclass
-class Bounded:
-    """Targets of a row whose NLL holds only a lower bound, with the hidden states that predict
-    them: their exact NLL, once the row turns out to need it, costs a projection and no forward."""
-
-    positions: list[int]  # ascending
-    hidden: torch.Tensor  # [len(positions), hidden size]
-
-    def before(self, g: int) -> Bounded | None:
-        """The bounded targets before position g (None if there are none)."""
-        n = bisect_left(self.positions, g)
-        return Bounded(self.positions[:n], self.hidden[:n]) if n else None
-
-    @staticmethod
-    def join(old: Bounded | None, positions: list[int], hidden: torch.Tensor) -> Bounded:
-        if old is None:
-            return Bounded(positions, hidden)
-        return Bounded(old.positions + positions, torch.cat([old.hidden, hidden]))
 
 
 @dataclass
@@ -213,7 +192,7 @@ class DeletionScorer:
         cache = DynamicCache(ddp_cache_data=past, config=self.model.config)
         if mask is None:
             mask = torch.ones((b, int(positions[0, 0]) + t), dtype=torch.long, device=self.device)
-        with _grouped_query_sdpa(self.device):
+        with grouped_query_sdpa(self.device):
             out = self.decoder(input_ids=ids, position_ids=positions, attention_mask=mask,
                                use_cache=True, **{self._cache_arg: cache})
         return out.last_hidden_state, out[self._cache_arg]
@@ -261,7 +240,7 @@ class DeletionScorer:
         (which counts tokens run: the rows' KV is held already, within KEEP_KV_BYTES)."""
         per_job = max(1, self.batch_tokens // max(1, end - g))
         return [Job(keys[s:s + per_job], seqs[s:s + per_job],
-                    _stack_kv([rows[k].kv for k in keys[s:s + per_job]], g - 1),
+                    stack_kv([rows[k].kv for k in keys[s:s + per_job]], g - 1),
                     [rows[k].nll[:g] for k in keys[s:s + per_job]], g,
                     [rows[k].bounded and rows[k].bounded.before(g)
                      for k in keys[s:s + per_job]])
@@ -314,27 +293,17 @@ class DeletionScorer:
         starts = [p + k - 1 for k in keys]
         ends = [end_of[k] for k in keys]
         sizes = [end - 1 - start for start, end in zip(starts, ends)]
-        lanes = [list(range(a, b)) for a, b in itertools.pairwise(
-            [0, *itertools.accumulate(map(len, lanes))])]  # the same lanes, as block indices
-        width = max(sum(sizes[i] for i in lane) for lane in lanes)
         past_len = max(starts)
-        tokens = torch.zeros((len(lanes), width), dtype=torch.long)  # padding: seen by nothing
-        positions = torch.zeros((len(lanes), width), dtype=torch.long)
-        place = {}  # block -> (lane, offset in the lane)
-        for lane, blocks in enumerate(lanes):
-            for i, off in zip(blocks, [0, *itertools.accumulate(sizes[i] for i in blocks)]):
-                place[i] = lane, off
-                tokens[lane, off:off + sizes[i]] = torch.tensor(seqs[i][starts[i]:ends[i] - 1])
-                positions[lane, off:off + sizes[i]] = torch.arange(starts[i], ends[i] - 1)
-        dtype = chain.kv[0][0].dtype
-        mask = torch.cat([block_mask([starts[i] for i in blocks], [sizes[i] for i in blocks],
-                                     past_len, dtype, width) for blocks in lanes])
+        block_lanes = [list(range(a, b)) for a, b in itertools.pairwise(
+            itertools.accumulate(map(len, lanes), initial=0))]  # the lanes, as block indices
+        pack = lay_out(block_lanes, [seq[start:end - 1] for seq, start, end
+                                     in zip(seqs, starts, ends)],
+                       starts, past_len, chain.kv[0][0].dtype)
         past = [(key[:, :, :past_len].expand(len(lanes), -1, -1, -1),
                  val[:, :, :past_len].expand(len(lanes), -1, -1, -1)) for key, val in chain.kv]
-        hidden, cache = self._run(tokens.to(self.device), past, positions.to(self.device),
-                                  mask.to(self.device))
-        blocks = [hidden[place[i][0], place[i][1]:place[i][1] + sizes[i]]
-                  for i in range(len(keys))]
+        hidden, cache = self._run(pack.tokens.to(self.device), past,
+                                  pack.positions.to(self.device), pack.mask.to(self.device))
+        blocks = [hidden[lane, off:off + size] for (lane, off), size in zip(pack.place, sizes)]
         nll, bounded = self._score(state, seqs, [chain.nll[:p + k] for k in keys],
                                    [None] * len(keys), blocks, [start + 1 for start in starts],
                                    ends)
@@ -346,7 +315,7 @@ class DeletionScorer:
             keep = cut or (start + size) * position_bytes <= self._kv_left
             kv = None
             if keep:  # the row's own KV: S's prefix, then its block
-                lane, off = place[r]
+                lane, off = pack.place[r]
                 own = slice(past_len + off, past_len + off + size)
                 kv = [(torch.cat([layer.keys[lane:lane + 1, :, :start],
                                   layer.keys[lane:lane + 1, :, own]], 2),
@@ -369,7 +338,7 @@ class DeletionScorer:
         inherited (`inherited[r]`, a part of known[r]) until `_resolve`."""
         nll = torch.zeros((len(seqs), max(map(len, seqs))), dtype=torch.float64,
                           device=self.device)
-        full, cheap, bounded = _Targets(), _Targets(), []
+        full, cheap, bounded = Targets(), Targets(), []
         for r, seq in enumerate(seqs):
             nll[r, :len(known[r])] = known[r]
             lo = max(len(known[r]), state.objective_start(self.objective, len(seq)))
@@ -394,7 +363,7 @@ class DeletionScorer:
 
     def _resolve(self, rows: list[ScoredRow]) -> None:
         """Project the bounded targets of `rows` in full (one batch), making their NLL exact."""
-        todo = _Targets()
+        todo = Targets()
         for r, row in enumerate(rows):
             if row.bounded is not None:
                 todo.add(r, row.bounded.positions, row.bounded.hidden, row.ids)
@@ -508,10 +477,10 @@ class DeletionScorer:
                 for k in rest}
         budget = min(PACK_TOKENS, self.batch_tokens)
         width = min(LANE_TOKENS, budget)
-        lanes = _lanes(rest, {k: ends[k] - p - k for k in rest}, width)
+        in_lanes = lanes(rest, {k: ends[k] - p - k for k in rest}, width)
         per_pack = max(1, budget // width)
-        for first in range(0, len(lanes), per_pack):
-            rows.update(self._run_pack(state, chain, lanes[first:first + per_pack], ends))
+        for first in range(0, len(in_lanes), per_pack):
+            rows.update(self._run_pack(state, chain, in_lanes[first:first + per_pack], ends))
         if best_of:
             self._finish_rows(state, chain, rows, candidates, best_of, stops)
         else:  # every J asked for is wanted exactly (rows may come from a bounded call)
@@ -530,47 +499,6 @@ class DeletionScorer:
         return [js[k] - base_j for k in range(len(state.cot))]
 
 
-@dataclass
-class _Targets:
-    """Targets to project at once: their place in the NLL table, hidden states and tokens."""
-
-    rows: list[int] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)
-    hidden: list[torch.Tensor] = field(default_factory=list)
-    tokens: list[int] = field(default_factory=list)
-
-    def add(self, row: int, positions: list[int], hidden: torch.Tensor, seq: list[int]) -> None:
-        self.rows += [row] * len(positions)
-        self.positions += positions
-        self.hidden.append(hidden)
-        self.tokens += [seq[t] for t in positions]
-
-    def index(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.tensor(self.rows), torch.tensor(self.positions)
-
-    def tokens_on(self, device: torch.device) -> torch.Tensor:
-        return torch.tensor(self.tokens, device=device)
-
-
-def block_mask(starts: list[int], sizes: list[int], past_len: int, dtype: torch.dtype,
-               width: int | None = None) -> torch.Tensor:
-    """Additive attention mask [1, 1, T, past_len + T] of a packed row of T = `width` tokens
-    (default: sum(sizes); positions after the blocks are padding, seen by nothing).
-
-    Block r (sizes[r] tokens, packed one after another) sees the shared past before starts[r]
-    and its own earlier tokens: 0 there, the dtype's minimum elsewhere."""
-    total = sum(sizes) if width is None else width
-    blocked = torch.finfo(dtype).min
-    mask = torch.full((1, 1, total, past_len + total), blocked, dtype=dtype)
-    causal = torch.full((max(sizes), max(sizes)), blocked, dtype=dtype).triu(1)
-    off = 0
-    for start, size in zip(starts, sizes):
-        mask[0, 0, off:off + size, :start] = 0
-        mask[0, 0, off:off + size, past_len + off:past_len + off + size] = causal[:size, :size]
-        off += size
-    return mask
-
-
 def _first_of_run(cot: list[int], k: int) -> int:
     """The first index of the run of equal tokens that holds cot[k]."""
     while k > 0 and cot[k - 1] == cot[k]:
@@ -581,44 +509,3 @@ def _first_of_run(cot: list[int], k: int) -> int:
 def _kv_bytes(row: ScoredRow) -> int:
     """Bytes of a kept row's KV (its own slice: rows of one job share the job's tensors)."""
     return 0 if row.kv is None else sum(k.nbytes + v.nbytes for k, v in row.kv)
-
-
-def _lanes(keys: list[int], sizes: dict[int, int], width: int) -> list[list[int]]:
-    """Keys in as few lanes as hold their blocks at `width` tokens a lane, balanced (each block,
-    longest first, goes to the emptiest lane), fullest lanes first; a block longer than `width`
-    ends up in a lane of its own."""
-    lanes: list[list[int]] = [[] for _ in range(-(-sum(sizes[k] for k in keys) // width))]
-    fill = [0] * len(lanes)
-    for k in sorted(keys, key=lambda k: (-sizes[k], k)):
-        lane = min(range(len(lanes)), key=lambda n: (fill[n], n))
-        lanes[lane].append(k)
-        fill[lane] += sizes[k]
-    return [lanes[n] for n in sorted(range(len(lanes)), key=lambda n: -fill[n]) if lanes[n]]
-
-
-@contextlib.contextmanager
-def _grouped_query_sdpa(device: torch.device):
-    """On the CPU, let SDPA attend with grouped query heads directly under a mask.
-
-    transformers repeats the key and value heads (a copy per layer) whenever a mask is given,
-    because CUDA kernels need it; torch's CPU kernel does not, and skipping the copy made exact
-    greedy 7% faster on SmolLM2 (3 KV heads for 9 query heads). The switch is transformers' own
-    environment variable, read at every attention call; other versions ignore it."""
-    if device.type != "cpu" or os.environ.get(_FORCE_GQA) is not None:
-        yield
-        return
-    os.environ[_FORCE_GQA] = "1"
-    try:
-        yield
-    finally:
-        del os.environ[_FORCE_GQA]
-
-
-_FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
-
-
-def _stack_kv(kvs: list[list[tuple[torch.Tensor, torch.Tensor]]], length: int):
-    """Per layer, the first `length` positions of several rows' KV as one batch."""
-    return [(torch.cat([kv[layer][0][:, :, :length] for kv in kvs]),
-             torch.cat([kv[layer][1][:, :, :length] for kv in kvs]))
-            for layer in range(len(kvs[0]))]

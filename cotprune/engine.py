@@ -4,8 +4,6 @@
 - `forward_hidden` runs the decoder (SDPA, no logits) on a right-padded batch.
 - `logprob_entropy` projects hidden states to the vocabulary in row chunks, so float32 logits of
   the whole batch x vocabulary are never held at once; it returns log p(target) and the entropy.
-- `bound_vocabulary` / `nll_lower_bound` bound -log p(target) from below using the logits of a
-  few hundred tokens only (for branch and bound, where a bound is all most rows need).
 - `objective_span` / `sequence_objectives` compute J (SPEC "the pruning objective J").
 
 Position p's token is predicted from the hidden state at p - 1; every function here takes target
@@ -97,39 +95,6 @@ def logprob_entropy(hidden: torch.Tensor, head, targets: torch.Tensor, *,
         empty = hidden.new_zeros(0, dtype=torch.float32)
         return empty, (empty if with_entropy else None)
     return torch.cat(logps), (torch.cat(ents) if with_entropy else None)
-
-
-def bound_vocabulary(logits: torch.Tensor, ids: Sequence[int], top: int) -> torch.Tensor:
-    """Sorted token ids: every id in `ids` and the `top` likeliest tokens of each row of
-    `logits` [N, vocab]."""
-    likeliest = logits.topk(min(top, logits.shape[-1]), dim=-1).indices.flatten()
-    return torch.unique(torch.cat([torch.as_tensor(list(ids), device=logits.device),
-                                   likeliest]))
-
-
-# Per-target slack of `nll_lower_bound` on top of the rounding of the full projection's dtype: the
-# two projections sum the same products in different orders (float32: ~1e-6 apart).
-BOUND_SLACK = 1e-4
-
-
-def nll_lower_bound(hidden: torch.Tensor, weight: torch.Tensor, vocab: torch.Tensor,
-                    targets: torch.Tensor) -> torch.Tensor:
-    """A lower bound on -log p(target) per row of `hidden` [N, H], from the logits of the token
-    ids `vocab` (sorted; they must hold every target) of the projection `weight` [V, H] only.
-
-    log-sum-exp over part of the vocabulary is at most the full one, so lse(vocab logits) -
-    z(target) <= -log p(target). With the chain's own tokens and each position's likeliest ones
-    in `vocab` (~1% of SmolLM2's), the bound is a few tenths of a nat below the truth per row of
-    ~40 targets, at ~1% of the cost of the full projection."""
-    slots = torch.searchsorted(vocab, targets)
-    if bool((slots >= len(vocab)).any()) or not torch.equal(vocab[slots], targets):
-        raise ValueError("nll_lower_bound: every target must be in the bound vocabulary")
-    logits = hidden.float() @ weight[vocab].float().T
-    z = logits.gather(-1, slots[:, None]).squeeze(-1)
-    lse = logits.logsumexp(-1)
-    # the full projection rounds its logits in the weight's dtype: allow two roundings of each
-    slack = BOUND_SLACK + 2 * torch.finfo(weight.dtype).eps * (lse.abs() + z.abs())
-    return (lse - z - slack).clamp_min(0)
 
 
 def objective_span(layout: Layout, objective: str) -> tuple[int, int]:

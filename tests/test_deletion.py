@@ -1,5 +1,4 @@
 import pytest
-import torch
 from greedy_reference import full_objective, reference_greedy
 
 import cotprune.deletion as deletion
@@ -23,16 +22,6 @@ def _state(tok, cot, question="What is it?", answer="7"):
     return ChainState(cl.prompt_ids(question), cl.cot_ids(cot), cl.answer_ids(answer))
 
 
-def test_lanes_hold_each_key_once_in_as_few_balanced_lanes_as_the_width_allows():
-    sizes = {0: 50, 1: 45, 2: 40, 3: 30, 4: 20, 5: 10, 6: 5, 7: 1}  # 201 tokens
-    lanes = deletion._lanes(list(sizes), sizes, 128)
-    assert sorted(k for lane in lanes for k in lane) == sorted(sizes)
-    fills = [sum(sizes[k] for k in lane) for lane in lanes]
-    assert len(lanes) == 2 and fills == sorted(fills, reverse=True)
-    assert max(fills) - min(fills) <= max(sizes.values())  # balanced: not 128 + 73
-    assert deletion._lanes([0, 1], {0: 300, 1: 2}, 128) == [[0], [1]]  # too long: its own lane
-
-
 @pytest.mark.parametrize("objective", ["reason-answer", "answer"])
 @pytest.mark.parametrize("batch_tokens", [1, 4096])
 def test_candidate_objectives_equal_full_recompute(tiny, objective, batch_tokens):
@@ -46,25 +35,6 @@ def test_candidate_objectives_equal_full_recompute(tiny, objective, batch_tokens
         s2 = ChainState(state.prompt, state.cot[:k] + state.cot[k + 1:], state.answer)
         assert j == pytest.approx(full_objective(model, s2.ids, s2.objective_start(objective)),
                                   abs=1e-3), k
-
-
-def test_block_mask_lets_each_block_see_its_past_prefix_and_its_own_earlier_tokens():
-    # past of 3 positions; block A (2 tokens) starts after past position 1, block B (3 tokens)
-    # after all 3
-    seen = deletion.block_mask([1, 3], [2, 3], 3, torch.float32)[0, 0] == 0
-    expected = torch.tensor([
-        # past    A     B
-        [1, 0, 0, 1, 0, 0, 0, 0],  # A0
-        [1, 0, 0, 1, 1, 0, 0, 0],  # A1
-        [1, 1, 1, 0, 0, 1, 0, 0],  # B0
-        [1, 1, 1, 0, 0, 1, 1, 0],  # B1
-        [1, 1, 1, 0, 0, 1, 1, 1],  # B2
-    ], dtype=torch.bool)
-    assert torch.equal(seen, expected)
-    padded = deletion.block_mask([1, 3], [2, 3], 3, torch.float32, width=7)[0, 0] == 0
-    assert padded.shape == (7, 10)
-    assert torch.equal(padded[:5, :8], expected)
-    assert not padded[5:].any() and not padded[:, 8:].any()  # padding: seen by nothing
 
 
 @pytest.mark.parametrize("pack_tokens, lane_tokens", [(1, 128), (40, 128), (10**6, 128),
@@ -314,18 +284,3 @@ def test_equal_neighbours_get_exactly_equal_j(tiny):
     assert runs  # the chain has a run of equal tokens
     _, js = DeletionScorer(model, "reason-answer", 96).candidate_objectives(state)
     assert all(js[k] == js[k - 1] for k in runs)
-
-
-def test_grouped_query_switch_is_set_only_during_cpu_forwards(monkeypatch):
-    import os
-
-    monkeypatch.delenv(deletion._FORCE_GQA, raising=False)
-    with deletion._grouped_query_sdpa(torch.device("cpu")):
-        assert os.environ[deletion._FORCE_GQA] == "1"
-    assert deletion._FORCE_GQA not in os.environ
-    with deletion._grouped_query_sdpa(torch.device("meta")):
-        assert deletion._FORCE_GQA not in os.environ
-    monkeypatch.setenv(deletion._FORCE_GQA, "0")  # a user's own setting is left alone
-    with deletion._grouped_query_sdpa(torch.device("cpu")):
-        assert os.environ[deletion._FORCE_GQA] == "0"
-    assert os.environ[deletion._FORCE_GQA] == "0"
