@@ -7,10 +7,11 @@ each candidate only recomputes its suffix, on top of a cached prefix:
     sequence S (length L), prompt length p, candidate k at position q = p + k, S_k = S without q.
     Candidate k runs S_k[q-1:] as input on top of S's keys and values before q - 1: the first
     input predicts S_k[q], and targets before q are S's, already known, so only targets from q
-    on are projected to the vocabulary. Candidates are packed as blocks of one sequence on S's
-    KV (`_run_pack`): a 4D mask lets each block see S's positions before its own start and its
-    own earlier tokens. Every forward first reads all weights, so one pack of many short blocks
-    is much cheaper than a forward per candidate, and no token is run twice.
+    on are projected to the vocabulary. Candidates are packed as blocks, one after another in
+    the lanes (rows) of one forward on S's KV (`_run_pack`, `packing.py`): a 4D mask lets each
+    block see S's positions before its own start and its own earlier tokens. Every forward
+    first reads all weights, so one pack of many short blocks is much cheaper than a forward
+    per candidate, and no token is run twice.
 
 The first call on a chain computes S itself on the prompt's KV (computed once per chain). Every
 scored row (S_k: its NLL per target and its KV) is kept until the next call, which greedy makes
@@ -30,11 +31,13 @@ branches and bounds: NLL terms are >= 0, so the NLL summed over a row's targets 
 its J from below. Rows first run up to a checkpoint a few targets before their end, then go on
 (lowest bound first) only while their bound is at most the m-th smallest finished J; a dropped
 row keeps its bound as its value. The answer is cheap to predict and a bad deletion shows early,
-so on GSM8K chains about a quarter of the suffix tokens never run (BENCHMARKS.md). A row cut at
-a checkpoint does not even need its exact NLL so far, only a bound: its targets are projected
-onto a small vocabulary (the chain's tokens and the undeleted chain's likeliest ones,
-`nll_lower_bound`), and their hidden states are kept to project in full if the row goes on.
-Most rows stop at the checkpoint, so most targets never pay for the full vocabulary.
+so on GSM8K chains about a quarter of the suffix tokens never run (BENCHMARKS.md).
+
+Nor does a row need its exact NLL to be dropped: a row cut at a checkpoint projects its targets
+onto a small vocabulary only (the chain's tokens and the undeleted chain's likeliest ones), a
+lower bound (`bounds.py`), and keeps their hidden states. Only rows that may be among the best
+when they finish get the full projection (`_settle`), so most targets never pay for the whole
+vocabulary.
 
 The plain reference (a full forward per candidate, as the published code does) lives in the
 tests and bench/greedy.py.
@@ -56,13 +59,14 @@ from cotprune.packing import grouped_query_sdpa, lanes, lay_out, stack_kv
 
 # Tokens per packed forward (at most; the scorer's token budget caps it too). Every forward
 # first reads all weights (SmolLM2 on the CPU: ~80 ms for a 2-token forward against ~2.5 ms per
-# token in a large one), so packs should be large, but each packed token attends to the whole
-# pack (masked). First 8 exact steps of a 45-token GSM8K chain, CPU seconds: 41.8 at 256, 39.9
-# at 512, 39.8 at 1024.
+# token in a large one), so packs should be large. Before lanes, first 8 exact steps of a
+# 45-token GSM8K chain, CPU seconds: 41.8 at 256, 39.9 at 512, 39.8 at 1024; with lanes, all 23
+# steps (two runs each): 60.8 / 56.8 at 512, 57.8 / 62.8 at 1024.
 PACK_TOKENS = 512
 # Tokens per lane (row) of a packed forward: each packed token attends to its lane's blocks
 # (masked), so lanes keep that quadratic part small. A 507-token pack on a 100-token past, CPU:
-# 3.40 ms/token in one lane, 2.85 in 4 lanes of 126, 2.84 in 8 of 63.
+# 3.40 ms/token in one lane, 2.85 in 4 lanes of 126, 2.84 in 8 of 63. All 23 exact steps of a
+# 45-token GSM8K chain (two runs each): 57.3 / 55.9 s in lanes of 128, 58.0 / 59.5 in one.
 LANE_TOKENS = 128
 
 # Kept rows hold O(n^2) keys and values (n rows of about n tokens). Rows past this many bytes of
@@ -266,7 +270,7 @@ class DeletionScorer:
         ids = torch.tensor([seq[g - 1:end - 1] for seq in job.seqs], device=self.device)
         hidden, cache = self._run(ids, job.past, self._positions(g - 1, *ids.shape))
         if job.keys[0] is None:  # the undeleted chain: its likeliest tokens make the bounds
-            self._bound_vocab = (bound_vocabulary(self.head(hidden[0]), state.ids,
+            self._bound_vocab = (bound_vocabulary(hidden[0], self.head, state.ids,
                                                   BOUND_VOCAB_TOP)
                                  if type(self.head) is torch.nn.Linear else None)
         nll, bounded = self._score(state, job.seqs, job.known_nll, job.bounded, list(hidden),
@@ -363,19 +367,18 @@ class DeletionScorer:
 
     def _resolve(self, rows: list[ScoredRow]) -> None:
         """Project the bounded targets of `rows` in full (one batch), making their NLL exact."""
-        todo = Targets()
-        for r, row in enumerate(rows):
-            if row.bounded is not None:
-                todo.add(r, row.bounded.positions, row.bounded.hidden, row.ids)
-        if todo.rows:
-            logp, _ = logprob_entropy(torch.cat(todo.hidden), self.head,
-                                      todo.tokens_on(self.device), with_entropy=False)
-            values = iter((-logp.double()).split([len(row.bounded.positions) for row in rows
-                                                  if row.bounded is not None]))
-            for row in rows:
-                if row.bounded is not None:
-                    row.nll[row.bounded.positions] = next(values)
-                    row.bounded = None
+        todo = [row for row in rows if row.bounded is not None]
+        if not todo:
+            return
+        targets = Targets()
+        for r, row in enumerate(todo):
+            targets.add(r, row.bounded.positions, row.bounded.hidden, row.ids)
+        logp, _ = logprob_entropy(torch.cat(targets.hidden), self.head,
+                                  targets.tokens_on(self.device), with_entropy=False)
+        for row, nll in zip(todo, (-logp.double()).split([len(row.bounded.positions)
+                                                          for row in todo])):
+            row.nll[row.bounded.positions] = nll
+            row.bounded = None
 
     def _settle(self, state: ChainState, rows: dict[int, ScoredRow], finished: list[int],
                 best_of: int, bound_of: dict[int, float]) -> list[float]:

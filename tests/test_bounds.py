@@ -25,10 +25,14 @@ def test_nll_lower_bound_refuses_a_target_outside_its_vocabulary():
 
 
 def test_bound_vocabulary_holds_the_ids_and_each_rows_likeliest_tokens():
-    logits = torch.full((2, 10), -5.0)
-    logits[0, 7], logits[0, 2], logits[1, 4] = 3.0, 2.0, 1.0
-    assert bound_vocabulary(logits, [9, 1, 9], 1).tolist() == [1, 4, 7, 9]
-    assert 2 in bound_vocabulary(logits, [9], 2).tolist()
+    head = torch.nn.Linear(10, 10, bias=False)
+    torch.nn.init.eye_(head.weight)  # logits = hidden
+    hidden = torch.full((3, 10), -5.0)
+    hidden[0, 7], hidden[0, 2], hidden[1, 4], hidden[2, 0] = 3.0, 2.0, 1.0, 1.0
+    with torch.no_grad():
+        assert bound_vocabulary(hidden, head, [9, 1, 9], 1, chunk_rows=2).tolist() == [0, 1, 4,
+                                                                                       7, 9]
+        assert 2 in bound_vocabulary(hidden, head, [9], 2).tolist()
 
 
 def test_bounded_splits_before_a_position_and_joins_in_order():
