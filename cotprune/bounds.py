@@ -23,8 +23,9 @@ def bound_vocabulary(hidden: torch.Tensor, head, ids: Sequence[int], top: int,
                      chunk_rows: int = VOCAB_CHUNK_ROWS) -> torch.Tensor:
     """Sorted token ids: every id in `ids` and the `top` likeliest tokens predicted by each row
     of `hidden` [N, H] through `head` (projected `chunk_rows` rows at a time)."""
-    likeliest = [head(hidden[s:s + chunk_rows]).topk(top, dim=-1).indices.flatten()
-                 for s in range(0, hidden.shape[0], chunk_rows)]
+    likeliest = [logits.topk(min(top, logits.shape[-1]), dim=-1).indices.flatten()
+                 for s in range(0, hidden.shape[0], chunk_rows)
+                 for logits in [head(hidden[s:s + chunk_rows])]]
     return torch.unique(torch.cat([torch.as_tensor(list(ids), device=hidden.device),
                                    *likeliest]))
 

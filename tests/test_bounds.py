@@ -33,6 +33,7 @@ def test_bound_vocabulary_holds_the_ids_and_each_rows_likeliest_tokens():
         assert bound_vocabulary(hidden, head, [9, 1, 9], 1, chunk_rows=2).tolist() == [0, 1, 4,
                                                                                        7, 9]
         assert 2 in bound_vocabulary(hidden, head, [9], 2).tolist()
+        assert len(bound_vocabulary(hidden, head, [9], 10**6)) == 10  # at most all of it
 
 
 def test_bounded_splits_before_a_position_and_joins_in_order():
