@@ -283,7 +283,7 @@ class DeletionScorer:
                           if keep else None, min(len(seq), end), bounded[r])
                 for r, seq in enumerate(job.seqs)]
 
-    def _run_pack(self, state: ChainState, chain: ScoredRow, lanes: list[list[int]],
+    def _run_pack(self, state: ChainState, chain: ScoredRow, key_lanes: list[list[int]],
                   end_of: dict[int, int]) -> dict[int, ScoredRow]:
         """Candidates k, each run from position p + k - 1 to end_of[k] - 2, as blocks of one
         forward on S's KV: one after another in each lane (a row of the forward).
@@ -292,19 +292,20 @@ class DeletionScorer:
         nothing of the other blocks; its tokens keep their true positions. So its outputs equal
         a forward of S_k alone, in one forward for all blocks."""
         ids, p = state.ids, len(state.prompt)
-        keys = [k for lane in lanes for k in lane]
+        keys = [k for lane in key_lanes for k in lane]
         seqs = [ids[:p + k] + ids[p + k + 1:] for k in keys]
         starts = [p + k - 1 for k in keys]
         ends = [end_of[k] for k in keys]
         sizes = [end - 1 - start for start, end in zip(starts, ends)]
         past_len = max(starts)
         block_lanes = [list(range(a, b)) for a, b in itertools.pairwise(
-            itertools.accumulate(map(len, lanes), initial=0))]  # the lanes, as block indices
+            itertools.accumulate(map(len, key_lanes), initial=0))]  # the lanes, as block indices
         pack = lay_out(block_lanes, [seq[start:end - 1] for seq, start, end
                                      in zip(seqs, starts, ends)],
                        starts, past_len, chain.kv[0][0].dtype)
-        past = [(key[:, :, :past_len].expand(len(lanes), -1, -1, -1),
-                 val[:, :, :past_len].expand(len(lanes), -1, -1, -1)) for key, val in chain.kv]
+        past = [(key[:, :, :past_len].expand(len(key_lanes), -1, -1, -1),
+                 val[:, :, :past_len].expand(len(key_lanes), -1, -1, -1))
+                for key, val in chain.kv]
         hidden, cache = self._run(pack.tokens.to(self.device), past,
                                   pack.positions.to(self.device), pack.mask.to(self.device))
         blocks = [hidden[lane, off:off + size] for (lane, off), size in zip(pack.place, sizes)]
