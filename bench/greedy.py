@@ -57,6 +57,21 @@ def published_greedy(model, prompt, cot, answer, deletions, batch_tokens):
     return order, trace, tokens
 
 
+def gsm8k_layouts(layouter, min_cot: int, max_cot: int, count: int) -> list:
+    """The first `count` GSM8K train chains (of the first 500) whose CoT has min_cot to max_cot
+    tokens, laid out by `layouter`."""
+    from cotprune.importers import import_chains
+
+    layouts = []
+    for c in import_chains(str(GSM8K), "gsm8k", limit=500):
+        lay = layouter.layout(c["question"], c["cot"], c["answer"])
+        if min_cot <= len(lay.cot_ids) <= max_cot:
+            layouts.append(lay)
+        if len(layouts) == count:
+            break
+    return layouts
+
+
 def parse_mode(spec: str):
     """'exact' or e.g. 'shortlist=8+refresh-every=10' -> GreedyOptions."""
     from cotprune.greedy import GreedyOptions
@@ -92,19 +107,11 @@ def main() -> None:
     from cotprune.deletion import DeletionScorer
     from cotprune.engine import sequence_objectives
     from cotprune.greedy import greedy_prune, kept_positions
-    from cotprune.importers import import_chains
     from cotprune.layout import ChainLayout, join_segments
     from cotprune.models import ModelOptions, load_model
 
     model, tok = load_model(ModelOptions(device="cpu"))
-    layouter = ChainLayout(tok)
-    layouts = []
-    for c in import_chains(str(GSM8K), "gsm8k", limit=500):
-        lay = layouter.layout(c["question"], c["cot"], c["answer"])
-        if args.min_cot <= len(lay.cot_ids) <= args.max_cot:
-            layouts.append(lay)
-        if len(layouts) == args.chains:
-            break
+    layouts = gsm8k_layouts(ChainLayout(tok), args.min_cot, args.max_cot, args.chains)
 
     modes = {spec: parse_mode(spec) for spec in args.modes.split(",")}
     if next(iter(modes)) != "exact":

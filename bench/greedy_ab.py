@@ -15,12 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+from greedy import gsm8k_layouts  # bench/greedy.py, beside this script
 
 
 def main() -> None:
@@ -35,17 +32,16 @@ def main() -> None:
 
     import cotprune.deletion as deletion
     from cotprune.greedy import greedy_prune
-    from cotprune.importers import import_chains
     from cotprune.layout import ChainLayout
     from cotprune.models import ModelOptions, load_model
 
     if not hasattr(deletion, args.constant):
         raise SystemExit(f"cotprune.deletion has no {args.constant}")
     model, tok = load_model(ModelOptions(device="cpu"))
-    layouter = ChainLayout(tok)
-    lay = next(lay for c in import_chains(str(GSM8K), "gsm8k", limit=500)
-               for lay in [layouter.layout(c["question"], c["cot"], c["answer"])]
-               if args.min_cot <= len(lay.cot_ids) <= args.max_cot)
+    found = gsm8k_layouts(ChainLayout(tok), args.min_cot, args.max_cot, 1)
+    if not found:
+        raise SystemExit(f"no GSM8K chain with {args.min_cot}-{args.max_cot} CoT tokens")
+    lay = found[0]
     prompt, cot = lay.input_ids[:lay.cot_start], lay.cot_ids
     answer = lay.input_ids[lay.answer_start:]
     seconds: dict[str, list[float]] = {v: [] for v in args.values}

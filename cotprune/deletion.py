@@ -225,7 +225,7 @@ class DeletionScorer:
         d = deleted_index(chain.ids, state.ids, len(state.prompt))
         if d is None or d not in rows or rows[d].kv is None or not rows[d].finished:
             return None, {}, 0
-        self._resolve([rows[d]])  # S' was chosen by its exact J: this is a no-op
+        self._resolve([rows[d]])  # exact already when d won the last call; not if d lost
         g = len(state.prompt) + d - 1  # where candidates k < d continue (_continued_jobs)
         return rows[d], {k: row for k, row in rows.items()
                          if k < d and row.kv is not None and row.scored_to >= g}, d
