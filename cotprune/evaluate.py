@@ -121,7 +121,7 @@ def run_eval(bench: Path, output: Path, model_opts: ModelOptions, opts: EvalOpti
                              temperature=opts.sampling.temperature, seed=opts.sampling.seed)
     stage = StageOutput(output, schema, manifest, shard=shard, resume=opts.resume)
     done = stage.done_ids
-    model, tokenizer = load_model(model_opts)
+    model, tokenizer = load_model(model_opts, merge_adapter=True)
     questions = [ratio_question(r["question"], opts.keep_ratio) for r in rows]
     with Progress(len(rows), "eval") as progress:
         progress.advance(len(done))

@@ -147,7 +147,7 @@ def run_generate(questions_path: Path, output: Path, model_opts: ModelOptions,
                              keep_correct=opts.keep_correct)
     stage = StageOutput(output, schema, manifest, shard=shard, resume=opts.resume)
     done = _done_questions(stage, rows, opts)
-    model, tokenizer = load_model(model_opts)
+    model, tokenizer = load_model(model_opts, merge_adapter=True)
     counts = {"questions": len(rows), "samples": 0, "kept": 0, "truncated": 0, "correct": 0}
     with Progress(len(rows), "generate") as progress:
         progress.advance(sum(1 for r in rows if r["id"] in done))

@@ -13,6 +13,7 @@ CoT and the answer is unknown.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -144,25 +145,80 @@ def pad_left(seqs: Sequence[Sequence[int]], pad_id: int):
     return ids, mask
 
 
-def generate_batch(model, tokenizer, prompts: Sequence[Sequence[int]], opts: SamplingOptions,
-                   stop_ids: Sequence[int], *, seed: int | None = None) -> list[list[Response]]:
-    """`opts.samples` responses for each prompt of one batch (one HF `generate` call)."""
+def next_tokens(logits, opts: SamplingOptions, generator):
+    """The next token of each row from its last logits: argmax, or a temperature / top-p draw.
+
+    Top-p keeps the smallest set of likeliest tokens whose probability reaches `top_p` (the
+    token that crosses it included), as Hugging Face's warper does.
+    """
     import torch
 
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    ids, mask = pad_left(prompts, pad_id)
-    if seed is not None:
-        torch.manual_seed(seed)
-    kwargs = dict(max_new_tokens=opts.max_new_tokens, eos_token_id=list(stop_ids),
-                  pad_token_id=pad_id, num_return_sequences=opts.samples)
     if opts.greedy:
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    else:
-        kwargs.update(do_sample=True, temperature=opts.temperature, top_p=opts.top_p, top_k=0)
-    with torch.no_grad():
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
-    new = out[:, ids.shape[1]:].tolist()
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / opts.temperature, dim=-1)
+    if opts.top_p < 1:
+        sorted_p, order = probs.sort(-1, descending=True)
+        before = sorted_p.cumsum(-1) - sorted_p  # mass of the likelier tokens
+        sorted_p = sorted_p.masked_fill(before >= opts.top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def decode(model, prompts: Sequence[Sequence[int]], opts: SamplingOptions,
+           stop_ids: Sequence[int], pad_id: int, *, seed: int | None = None) -> list[list[int]]:
+    """New token ids of every (prompt, sample) row, prompt-major, each ending at its stop token.
+
+    A plain incremental decoding loop over a KV cache, for speed on small batches: a row that
+    has stopped leaves the batch (its cache rows are dropped), so a batch costs its rows' own
+    lengths rather than rows x the longest; only the last position is projected onto the
+    vocabulary. Greedy decoding gives Hugging Face `generate`'s tokens (tested).
+    """
+    import torch
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    rows = [p for p in prompts for _ in range(opts.samples)]
+    ids, mask = pad_left(rows, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    generator = None
+    if not opts.greedy:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(0 if seed is None else seed)
+    stops = torch.tensor(sorted(set(stop_ids)), device=device)
+    out: list[list[int]] = [[] for _ in rows]
+    alive = torch.arange(len(rows), device=device)  # original row of each batch row
+    cache = DynamicCache()
+    # transformers 5.x renamed `past_key_values` to `cache` (the old name still works, with a
+    # warning); a wrapper whose forward takes **kwargs gets the old name.
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters \
+        else "past_key_values"
+    step_ids, positions = ids, (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        for step in range(opts.max_new_tokens):
+            logits = model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
+                           use_cache=True, logits_to_keep=1, **{cache_arg: cache}).logits
+            token = next_tokens(logits[:, -1], opts, generator)
+            for r, t in zip(alive.tolist(), token.tolist(), strict=True):
+                out[r].append(t)
+            going = ~torch.isin(token, stops)
+            if step + 1 == opts.max_new_tokens or not bool(going.any()):
+                break
+            if not bool(going.all()):
+                keep = going.nonzero().squeeze(-1)
+                cache.batch_select_indices(keep)
+                alive, token, mask, positions = alive[keep], token[keep], mask[keep], \
+                    positions[keep]
+            mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=-1)
+            positions = positions[:, -1:] + 1
+            step_ids = token[:, None]
+    return out
+
+
+def generate_batch(model, tokenizer, prompts: Sequence[Sequence[int]], opts: SamplingOptions,
+                   stop_ids: Sequence[int], *, seed: int | None = None) -> list[list[Response]]:
+    """`opts.samples` responses for each prompt of one batch."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    new = decode(model, prompts, opts, stop_ids, pad_id, seed=seed)
     responses: list[list[Response]] = []
     for p in range(len(prompts)):
         group = []
@@ -174,6 +230,25 @@ def generate_batch(model, tokenizer, prompts: Sequence[Sequence[int]], opts: Sam
             group.append(Response(text, count, truncated))
         responses.append(group)
     return responses
+
+
+def hf_generate(model, prompts: Sequence[Sequence[int]], opts: SamplingOptions,
+                stop_ids: Sequence[int], pad_id: int) -> list[list[int]]:
+    """The same rows through Hugging Face `generate`: the reference `decode` is tested and
+    benchmarked against (new ids, padded to the batch's width)."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids, mask = pad_left(prompts, pad_id)
+    kwargs = dict(max_new_tokens=opts.max_new_tokens, eos_token_id=list(stop_ids),
+                  pad_token_id=pad_id, num_return_sequences=opts.samples)
+    if opts.greedy:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:
+        kwargs.update(do_sample=True, temperature=opts.temperature, top_p=opts.top_p, top_k=0)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+    return out[:, ids.shape[1]:].tolist()
 
 
 def plan_generation_batches(prompt_lengths: Sequence[int], opts: SamplingOptions,

@@ -139,8 +139,12 @@ def load_tokenizer(name: str = DEFAULT_MODEL, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_model(opts: ModelOptions, *, for_training: bool = False):
-    """Load (model, tokenizer) on the requested device and dtype, with an optional peft adapter."""
+def load_model(opts: ModelOptions, *, for_training: bool = False, merge_adapter: bool = False):
+    """Load (model, tokenizer) on the requested device and dtype, with an optional peft adapter.
+
+    `merge_adapter` folds a LoRA adapter into the base weights, for generation: the same
+    function up to float rounding, without the adapter's extra matmuls in every layer.
+    """
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -156,6 +160,8 @@ def load_model(opts: ModelOptions, *, for_training: bool = False):
         raise InputError(f"could not load the model: {e}", file=opts.model) from None
     if opts.adapter:
         model = attach_adapter(model, opts.adapter, trainable=for_training)
+        if merge_adapter and not for_training and hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
     model.to(device)
     if not for_training:
         model.eval()

@@ -84,6 +84,65 @@ def test_left_padded_batch_equals_one_by_one(tiny_qwen_model):
     assert all(r.generated_tokens <= 6 for g in together for r in g)
 
 
+def _tiny(model_dir):
+    from cotprune.models import ModelOptions, load_model
+
+    return load_model(ModelOptions(str(model_dir), dtype="float32", device="cpu"))
+
+
+def test_decode_equals_hf_generate_greedy(tiny_qwen_model):
+    """The own decoding loop (rows leave the batch when they stop) gives HF generate's tokens."""
+    import torch
+
+    from cotprune.generation import decode, hf_generate
+
+    model, _ = _tiny(tiny_qwen_model)
+    torch.manual_seed(0)
+    prompts = [torch.randint(3, 200, (n,)).tolist() for n in (5, 9, 3, 12)]
+    opts = SamplingOptions(max_new_tokens=12)
+    # Stop ids that the random model does emit, so that rows end at different steps.
+    free = hf_generate(model, prompts, opts, [0], pad_id=0)
+    stops = sorted({row[k] for row, k in zip(free, (2, 5, 8, 11), strict=True)})
+    ours = decode(model, prompts, opts, stops, pad_id=0)
+    theirs = hf_generate(model, prompts, opts, stops, pad_id=0)
+    lengths = set()
+    for mine, ref in zip(ours, theirs, strict=True):
+        assert mine == ref[:len(mine)]
+        assert mine[-1] in stops or len(mine) == 12
+        lengths.add(len(mine))
+        if len(mine) < 12:  # HF pads a stopped row; ours has stopped
+            assert mine[-1] in stops
+    assert len(lengths) > 1, "the test needs rows that stop at different steps"
+
+
+def test_decode_sampling_is_seeded_and_top_p_tiny_is_greedy(tiny_qwen_model):
+    from cotprune.generation import decode
+
+    model, _ = _tiny(tiny_qwen_model)
+    prompts = [[5, 6, 7], [8, 9]]
+    sampled = SamplingOptions(max_new_tokens=8, temperature=1.0, samples=3)
+    a = decode(model, prompts, sampled, [1], pad_id=0, seed=4)
+    assert a == decode(model, prompts, sampled, [1], pad_id=0, seed=4)
+    assert a != decode(model, prompts, sampled, [1], pad_id=0, seed=5)
+    assert len(a) == 6 and len({tuple(r) for r in a}) > 1
+    nucleus = SamplingOptions(max_new_tokens=8, temperature=1.0, top_p=1e-6, samples=2)
+    greedy = decode(model, prompts, SamplingOptions(max_new_tokens=8), [1], pad_id=0)
+    assert decode(model, prompts, nucleus, [1], pad_id=0, seed=1) == \
+        [greedy[0], greedy[0], greedy[1], greedy[1]]
+
+
+def test_next_tokens_top_p_keeps_the_crossing_token():
+    import torch
+
+    from cotprune.generation import next_tokens
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    opts = SamplingOptions(temperature=1.0, top_p=0.6)
+    g = torch.Generator().manual_seed(0)
+    drawn = {int(next_tokens(logits, opts, g)) for _ in range(200)}
+    assert drawn == {0, 1}
+
+
 def test_generate_real_model_marks_truncation(tiny_gpt2_model, chains_file, tmp_path):
     out = tmp_path / "gen.parquet"
     code, stdout, err = run_cli("generate", chains_file, "-o", out, "--model", tiny_gpt2_model,

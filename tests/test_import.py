@@ -118,3 +118,40 @@ def test_synth_is_seeded_and_exact(tmp_path):
     code, stdout, _ = run_cli("synth", "arithmetic", "-n", "5", "--seed", "1", "-o", out)
     assert code == 0 and summary_of(stdout)["rows"] == 5 and read_table(out).num_rows == 5
     assert run_cli("synth", "geometry", "-o", out)[0] == 2
+
+
+def _trail(cot: str) -> list[int]:
+    return [int(v) for v in cot.rsplit("nce more: ", 1)[1].split(".")[0].split(" -> ")]
+
+
+def test_synth_options_size_the_task(tmp_path):
+    """--steps, --max-start, --max-operand, --operations and --style bound every problem."""
+    import re
+
+    out = tmp_path / "s.parquet"
+    code, _, err = run_cli("synth", "arithmetic", "-n", "40", "--seed", "3", "-o", out,
+                           "--steps", "2-3", "--max-start", "20", "--max-operand", "9",
+                           "--operations", "add,sub", "--style", "brief")
+    assert code == 0, err
+    rows = read_table(out).to_pylist()
+    for row in rows:
+        trail = _trail(row["cot"])
+        assert 2 <= len(trail) - 1 <= 3 and 3 <= trail[0] <= 20
+        assert all(abs(b - a) <= max(9, a) for a, b in zip(trail, trail[1:]))
+        assert all(b <= a + 9 for a, b in zip(trail, trail[1:]))
+        assert trail[-1] == int(row["answer"]) and "*" not in row["cot"]
+        assert "Step " not in row["cot"]  # the brief style
+        equations = re.findall(r"(\d+) ([+-]) (\d+) = (\d+)", row["cot"])
+        assert equations and all(
+            (int(a) + int(b) if op == "+" else int(a) - int(b)) == int(c)
+            for a, op, b, c in equations)
+    assert {len(_trail(r["cot"])) - 1 for r in rows} == {2, 3}
+
+
+@pytest.mark.parametrize("flag, value", [("--steps", "3-2"), ("--steps", "x"),
+                                         ("--operations", "add,pow"), ("--style", "terse"),
+                                         ("--max-operand", "1")])
+def test_synth_bad_options_name_the_flag(tmp_path, flag, value):
+    out = tmp_path / "s.parquet"
+    code, _, err = run_cli("synth", "arithmetic", "-n", "2", "-o", out, flag, value)
+    assert code == 2 and flag in err and not out.exists()

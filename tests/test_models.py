@@ -40,6 +40,30 @@ def test_adapter_must_be_a_peft_directory(tiny_gpt2_model, tmp_path):
         load_model(ModelOptions(model=str(tiny_gpt2_model), device="cpu", adapter=str(tmp_path)))
 
 
+def test_merged_adapter_gives_the_adapter_logits(tiny_qwen_model, tmp_path):
+    """`merge_adapter` folds LoRA into the weights: the same logits within float rounding."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_qwen_model)
+    lora = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear",
+                                           init_lora_weights=False))  # B != 0: it changes logits
+    lora.save_pretrained(tmp_path / "adapter")
+    opts = ModelOptions(model=str(tiny_qwen_model), adapter=str(tmp_path / "adapter"),
+                        dtype="float32", device="cpu")
+    plain, _ = load_model(ModelOptions(model=str(tiny_qwen_model), dtype="float32",
+                                       device="cpu"))
+    wrapped, _ = load_model(opts)
+    merged, _ = load_model(opts, merge_adapter=True)
+    assert not hasattr(merged, "peft_config")
+    ids = torch.tensor([[5, 9, 13, 2, 7]])
+    with torch.no_grad():
+        a, b = wrapped(input_ids=ids).logits, merged(input_ids=ids).logits
+        c = plain(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, c, atol=1e-3)
+
+
 @pytest.mark.slow
 def test_default_alias_converts_once_then_loads_fast(default_model_cache):
     import torch

@@ -49,21 +49,37 @@ def synth_cmd(
     output: Output,
     n: Annotated[int, typer.Option("-n", min=1, help="Number of problems.")] = 100,
     seed: Seed = 0,
+    steps: Annotated[str, typer.Option("--steps", help="Operations per problem: N or MIN-MAX.")
+                     ] = "2-5",
+    max_start: Annotated[int, typer.Option("--max-start", help="Largest starting amount.")] = 40,
+    max_operand: Annotated[int, typer.Option(
+        "--max-operand", help="Largest amount added (and per-pack bound, at most 6 and 9).")] = 30,
+    operations: Annotated[str, typer.Option(
+        "--operations", help="Comma-separated: add,sub,mul,groups.")] = "add,sub,mul,groups",
+    style: Annotated[str, typer.Option(
+        "--style", help="verbose (long filler and checks) or brief (the same, in fewer words).")
+    ] = "verbose",
     config: Config = None,
 ) -> None:
     """Make synthetic chains with exact answers and deliberately verbose reasoning."""
+    from dataclasses import asdict
+
     import pyarrow as pa
 
+    from cotprune.cli.options import parse_list
     from cotprune.console import emit_summary
     from cotprune.errors import InputError
     from cotprune.files import CHAIN_SCHEMA, make_manifest, write_table
-    from cotprune.synth import synth_arithmetic
+    from cotprune.synth import SynthOptions, parse_steps, synth_arithmetic
 
     if kind != "arithmetic":
         raise InputError(f"synth knows only 'arithmetic', got {kind!r}")
-    rows = synth_arithmetic(n, seed)
+    min_steps, max_steps = parse_steps(steps)
+    opts = SynthOptions(min_steps, max_steps, max_start, max_operand,
+                        tuple(parse_list(operations, "--operations", str)), style)
+    rows = synth_arithmetic(n, seed, opts)
     write_table(pa.Table.from_pylist(rows, schema=CHAIN_SCHEMA), output,
-                make_manifest("synth", kind=kind, n=n, seed=seed))
+                make_manifest("synth", kind=kind, n=n, seed=seed, options=asdict(opts)))
     emit_summary({"command": "synth", "rows": len(rows), "output": str(output)})
 
 
