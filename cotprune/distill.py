@@ -72,10 +72,13 @@ class DistillOptions:
     seed: int = 0
     limit: int | None = None
     resume: bool = False
+    keep_ratios: tuple[float, ...] | None = None  # train only on these rows of a pruned file
 
     def __post_init__(self) -> None:
         from cotprune.training import PACKINGS
 
+        if self.keep_ratios is not None and not all(0 <= r <= 1 for r in self.keep_ratios):
+            raise InputError("--keep-ratio values must be in [0, 1]")
         checks = [
             (self.epochs > 0, "--epochs must be > 0"),
             (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),
@@ -101,6 +104,24 @@ class DistillOptions:
 
 # --- data ------------------------------------------------------------------------------------
 
+def rows_with_ratios(table, ratios: tuple[float, ...], path: str):
+    """The rows of a pruned file whose keep ratio is one of `ratios` (float32-tolerant)."""
+    import pyarrow as pa
+
+    if "keep_ratio" not in table.column_names:
+        raise InputError("--keep-ratio needs a pruned file (column keep_ratio)", file=path,
+                         column="keep_ratio")
+    have = table.column("keep_ratio").to_pylist()
+    wanted = [any(r is not None and abs(r - w) < 1e-6 for w in ratios) for r in have]
+    missing = [w for w in ratios if not any(r is not None and abs(r - w) < 1e-6 for r in have)]
+    if missing:
+        found = sorted({round(r, 6) for r in have if r is not None})
+        raise InputError(f"--keep-ratio {','.join(map(str, missing))}: no such rows "
+                         f"(the file has {', '.join(map(str, found))})", file=path,
+                         column="keep_ratio")
+    return table.filter(pa.array(wanted))
+
+
 def load_examples(path: Path, tokenizer, opts: DistillOptions):
     """Examples from a pruned (or plain chains) file; skipped rows are counted, not hidden."""
     from cotprune.layout import ChainLayout
@@ -111,6 +132,8 @@ def load_examples(path: Path, tokenizer, opts: DistillOptions):
     if opts.ratio_conditioned and "keep_ratio" not in table.column_names:
         raise InputError("--ratio-conditioned needs a pruned file (column keep_ratio)",
                          file=str(path), column="keep_ratio")
+    if opts.keep_ratios is not None:
+        table = rows_with_ratios(table, opts.keep_ratios, str(path))
     if opts.limit is not None:
         table = table.slice(0, opts.limit)
     chain_layout = ChainLayout(tokenizer)

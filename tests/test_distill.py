@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import run_cli, summary_of
 
-from cotprune.files import CHAIN_SCHEMA, write_table
+from cotprune.files import CHAIN_SCHEMA, read_table, write_table
 from cotprune.generation import ratio_question
 from cotprune.layout import ANSWER_PREFIX, ChainLayout, decode
 from cotprune.synth import synth_arithmetic
@@ -264,3 +264,24 @@ def test_two_cpu_processes_match_one_with_accumulation(tiny_gpt2_model, tmp_path
     assert summary_of(proc.stdout)["processes"] == 2
     one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     assert [m["loss"] for m in two] == pytest.approx([m["loss"] for m in one], rel=1e-5)
+
+
+def test_keep_ratio_picks_rows_of_a_multi_ratio_file(tiny_gpt2_model, tmp_path):
+    """`--keep-ratio 0.5` trains on the 0.5 rows only; a ratio the file lacks is exit 2."""
+    from cotprune.distill import rows_with_ratios
+    from cotprune.errors import InputError
+
+    pruned = _pruned_file(tmp_path / "p.parquet", n=3, ratios=(0.5, 0.9))
+    table = read_table(pruned)
+    picked = rows_with_ratios(table, (0.5,), "p")
+    assert picked.num_rows == 3 and set(picked.column("keep_ratio").to_pylist()) == {0.5}
+    assert rows_with_ratios(table, (0.5, 0.9), "p").num_rows == 6
+    with pytest.raises(InputError, match="0.3"):
+        rows_with_ratios(table, (0.3,), "p")
+    code, stdout, err = run_cli("distill", pruned, "-o", tmp_path / "s", "--model",
+                                tiny_gpt2_model, "--max-steps", "1", "--keep-ratio", "0.9")
+    assert code == 0, err
+    assert summary_of(stdout)["examples"] == 3
+    code, _, err = run_cli("distill", pruned, "-o", tmp_path / "t", "--model",
+                           tiny_gpt2_model, "--keep-ratio", "0.3")
+    assert code == 2 and "keep_ratio" in err and not (tmp_path / "t").exists()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -21,6 +21,7 @@ from cotprune.cli.options import (
     Seed,
     ShardSpec,
     TrustRemoteCode,
+    parse_list,
 )
 from cotprune.layout import ANSWER_PREFIX
 from cotprune.models import DEFAULT_MODEL
@@ -134,6 +135,9 @@ def distill_cmd(
     ratio_conditioned: Annotated[bool, typer.Option(
         "--ratio-conditioned", help="TokenSkip: write each row's keep ratio into its prompt.")
     ] = False,
+    keep_ratio: Annotated[Optional[str], typer.Option(
+        "--keep-ratio", help="Pruned files: train only on the rows of these keep ratios "
+                             "(comma-separated).")] = None,
     save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps.")
                           ] = 100,
     keep_checkpoints: Annotated[int, typer.Option("--keep-checkpoints")] = 2,
@@ -151,11 +155,12 @@ def distill_cmd(
     from cotprune.models import ModelOptions
 
     model_opts = ModelOptions(model, None, dtype, device, trust_remote_code)
+    ratios = None if keep_ratio is None else tuple(parse_list(keep_ratio, "--keep-ratio", float))
     opts = DistillOptions(
         LoraOptions(lora_r, lora_alpha, lora_dropout, lora_targets), full, epochs, max_steps, lr,
         warmup_ratio, weight_decay, max_grad_norm, batch_tokens, grad_accum, max_length, packing,
         gradient_checkpointing, ratio_conditioned, save_every, keep_checkpoints, seed, limit,
-        resume)
+        resume, ratios)
     summary = run_distill(pruned, output, model_opts, opts)
     import os
 
