@@ -1,0 +1,193 @@
+"""Gather the experiment's outputs into one record per evaluated arm, and a Markdown table.
+
+Reads what the Makefile wrote under `--work`: evals/*.parquet (graded answers), students/*/
+(distill.json, metrics.jsonl), pruned/*.parquet (J and kept positions of the training chains)
+and times/*.json (wall seconds per stage). Writes `--out` (JSON) and `--table` (Markdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+Z95 = 1.959963984540054
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (95% by default)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def token_kind(text: str) -> str:
+    """What a CoT token is, for 'what did each method delete': digit, operator, word, space."""
+    stripped = text.strip()
+    if any(c.isdigit() for c in stripped):
+        return "digit"
+    if stripped in {"+", "-", "=", "*", "/", "->", ">"}:
+        return "operator"
+    if not stripped or not any(c.isalpha() for c in stripped):
+        return "punct/space"
+    return "word"
+
+
+def deleted_kinds(rows: list[dict], tokenizer) -> dict:
+    """Share of each token kind among the deleted CoT tokens, and the share of digits kept."""
+    deleted = {"digit": 0, "operator": 0, "word": 0, "punct/space": 0}
+    digits = kept_digits = 0
+    for r in rows:
+        cot = r["input_ids"][r["cot_start"]:r["cot_end"]]
+        kept = set(r["kept_positions"])
+        for i, t in enumerate(cot):
+            kind = token_kind(tokenizer.decode([t]))
+            digits += kind == "digit"
+            if i in kept:
+                kept_digits += kind == "digit"
+            else:
+                deleted[kind] += 1
+    total = sum(deleted.values()) or 1
+    return {**{k: round(v / total, 4) for k, v in deleted.items()},
+            "digits_kept": round(kept_digits / digits, 4) if digits else None}
+
+
+def read_rows(path: Path, columns=None) -> list[dict]:
+    from cotprune.files import read_table
+
+    return read_table(path, columns=columns).to_pylist()
+
+
+def seconds(times: Path, stage: str) -> float | None:
+    f = times / f"{stage}.json"
+    if not f.exists():
+        return None
+    return round(sum(a["seconds"] for a in json.loads(f.read_text())["attempts"]), 1)
+
+
+def student_source(student: str) -> tuple[str, float | None]:
+    """(pruned file stem, keep ratio) a student was trained on, from its name."""
+    if student == "full":
+        return "full", 1.0
+    if student == "nocot":
+        return "nocot", 0.0
+    if student == "tokenskip":
+        return "greedy", None
+    method, keep = student.rsplit("-", 1)
+    return method, float(keep)
+
+
+def training_rows(work: Path, student: str) -> list[dict]:
+    stem, keep = student_source(student)
+    rows = read_rows(work / "pruned" / stem if stem == "greedy" else
+                     work / "pruned" / f"{stem}.parquet")
+    if keep is None:
+        return rows
+    return [r for r in rows if abs(r["keep_ratio"] - keep) < 1e-6]
+
+
+def arm_record(work: Path, name: str, tokenizer) -> dict:
+    student = name.split("@")[0]
+    eval_keep = float(name.split("@")[1]) if "@" in name else None
+    graded = read_rows(work / "evals" / f"{name}.parquet",
+                       ["correct", "generated_tokens", "truncated"])
+    n = len(graded)
+    correct = sum(bool(r["correct"]) for r in graded)
+    low, high = wilson_interval(correct, n)
+    metrics = [json.loads(line) for line in
+               (work / "students" / student / "metrics.jsonl").read_text().splitlines() if line]
+    distilled = json.loads((work / "students" / student / "distill.json").read_text())
+    rows = training_rows(work, student)
+    method, keep = student_source(student)
+    times = work / "times"
+    data_stage = {"full": "train.parquet", "nocot": "pruned_nocot.parquet"}.get(
+        method, f"pruned_{method}.parquet")
+    greedy_parts = sorted(times.glob("pruned_greedy_part-*.json"))
+    prune_seconds = (round(sum(seconds(times, p.stem) or 0 for p in greedy_parts), 1)
+                     if method == "greedy" else seconds(times, data_stage))
+    return {
+        "arm": name, "method": "tokenskip" if student == "tokenskip" else method,
+        "keep": eval_keep if eval_keep is not None else keep,
+        "train_chains": distilled.get("examples"),
+        "tokens_trained": sum(m["tokens"] for m in metrics),
+        "target_tokens_trained": sum(m["target_tokens"] for m in metrics),
+        "final_loss": metrics[-1]["loss"] if metrics else None,
+        "n_test": n, "correct": correct,
+        "accuracy": round(correct / n, 4) if n else None,
+        "interval95": [round(low, 4), round(high, 4)],
+        "mean_generated_tokens": round(sum(r["generated_tokens"] for r in graded) / n, 2),
+        "truncated": round(sum(bool(r["truncated"]) for r in graded) / n, 4),
+        "train_mean_J": round(sum(r["objective_nll"] for r in rows) / len(rows), 3)
+        if rows and "objective_nll" in rows[0] else None,
+        "train_mean_cot_tokens": round(sum(r["kept_tokens"] for r in rows) / len(rows), 2)
+        if rows and "kept_tokens" in rows[0] else None,
+        "deleted": deleted_kinds(rows, tokenizer)
+        if rows and "kept_positions" in rows[0] and keep not in (None, 1.0) else None,
+        "seconds": {"prune": prune_seconds,
+                    "distill": seconds(times, f"students_{student}_adapter_model.safetensors"),
+                    "eval": seconds(times, f"evals_{name}.parquet")},
+    }
+
+
+def greedy_validation(work: Path) -> list[dict]:
+    """Fast-mode J against exact greedy's on the validation chains, per keep ratio."""
+    exact = read_rows(work / "pruned" / "val-exact.parquet")
+    fast = {(r["id"], round(r["keep_ratio"], 4)): r
+            for r in read_rows(work / "pruned" / "fit-greedy.parquet")}
+    out = []
+    for keep in sorted({round(r["keep_ratio"], 4) for r in exact}):
+        pairs = [(r["objective_nll"], fast[(r["id"], keep)]["objective_nll"])
+                 for r in exact if round(r["keep_ratio"], 4) == keep]
+        j_exact, j_fast = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+        out.append({"keep": keep, "chains": len(pairs), "J_exact": round(j_exact, 3),
+                    "J_fast": round(j_fast, 3),
+                    "gap_percent": round(100 * (j_fast - j_exact) / j_exact, 2)})
+    return out
+
+
+def markdown(records: list[dict], validation: list[dict]) -> str:
+    lines = ["| arm | keep | train chains | tokens trained | mean J (train) | accuracy "
+             "[95% CI] | mean generated tokens | truncated |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in records:
+        lo, hi = r["interval95"]
+        lines.append(f"| {r['arm']} | {r['keep']} | {r['train_chains']} | {r['tokens_trained']} "
+                     f"| {r['train_mean_J']} | {r['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | "
+                     f"{r['mean_generated_tokens']} | {r['truncated']:.3f} |")
+    lines += ["", "| greedy validation: keep | chains | J exact | J fast | gap % |",
+              "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {v['keep']} | {v['chains']} | {v['J_exact']} | {v['J_fast']} | "
+              f"{v['gap_percent']} |" for v in validation]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--evals", required=True, help="Space-separated eval names, in order.")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--table", type=Path, required=True)
+    args = parser.parse_args()
+
+    from cotprune.files import read_manifest
+    from cotprune.models import load_tokenizer
+
+    model = read_manifest(args.work / "pruned" / "full.parquet").get("model")
+    tokenizer = load_tokenizer(model)
+    records = [arm_record(args.work, e, tokenizer) for e in args.evals.split()]
+    validation = greedy_validation(args.work)
+    result = {"experiment": args.name, "model": model, "arms": records,
+              "greedy_validation": validation}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    args.table.write_text(markdown(records, validation))
+    print(args.table.read_text())
+
+
+if __name__ == "__main__":
+    main()
