@@ -1,0 +1,66 @@
+"""The payoff experiment's recipe (experiments/): its statistics, and the smoke run end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _collect():
+    spec = importlib.util.spec_from_file_location("collect", ROOT / "experiments" / "collect.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("k, n, low, high", [(0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634),
+                                             (150, 300, 0.4437, 0.5563), (300, 300, 0.9874, 1.0)])
+def test_wilson_interval_matches_known_values(k, n, low, high):
+    lo, hi = _collect().wilson_interval(k, n)
+    assert lo == pytest.approx(low, abs=1e-4) and hi == pytest.approx(high, abs=1e-4)
+
+
+def test_token_kinds():
+    kind = _collect().token_kind
+    assert [kind(t) for t in [" 7", " +", " =", "->", " Check", ".", " "]] == \
+        ["digit", "operator", "operator", "operator", "word", "punct/space", "punct/space"]
+
+
+@pytest.mark.slow
+def test_smoke_run_end_to_end_and_cached(tmp_path):
+    """`make -C experiments smoke` runs every stage on a tiny model and writes the results; run
+    again, Make redoes nothing but the summary."""
+    work, results = tmp_path / "work", tmp_path / "results"
+    env = {**os.environ, "PYTHON": sys.executable}
+    cmd = ["make", "-C", str(ROOT / "experiments"), "smoke", "-j2", f"W={work}",
+           f"RESULTS={results}", f"COTPRUNE={Path(sys.executable).parent / 'cotprune'}",
+           f"PYTHON={sys.executable}"]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    record = json.loads((results / "smoke.json").read_text())
+    arms = {a["arm"]: a for a in record["arms"]}
+    assert set(arms) >= {"full", "nocot", "greedy-0.5", "surprisal-0.5", "random-0.5",
+                         "predicted-0.5", "tokenskip@0.5", "attention-0.5"}
+    for a in arms.values():
+        assert a["n_test"] == 8 and 0 <= a["accuracy"] <= 1
+        lo, hi = a["interval95"]
+        assert lo <= a["accuracy"] <= hi
+        assert a["tokens_trained"] > 0 and a["seconds"]["distill"] > 0
+    # matched lengths: every method's 0.5 students trained on the same number of CoT tokens
+    assert len({arms[m]["train_mean_cot_tokens"] for m in
+                ("greedy-0.5", "surprisal-0.5", "random-0.5", "predicted-0.5")}) == 1
+    assert arms["nocot"]["train_mean_cot_tokens"] == 0
+    assert [v["keep"] for v in record["greedy_validation"]] == [0.5, 0.7]
+    assert (results / "smoke-report" / "index.html").exists()
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert second.returncode == 0
+    assert " prune " not in second.stdout and " distill " not in second.stdout
+    assert "collect.py" in second.stdout
