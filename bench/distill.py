@@ -32,7 +32,7 @@ LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear")
 
 
 def chains(n: int, seed: int) -> list[dict]:
-    from cotprune.synth import synth_arithmetic
+    from cotprune.data.synth import synth_arithmetic
 
     return synth_arithmetic(n, seed)
 
@@ -49,8 +49,8 @@ def mean_target_nll(model, tokenizer, rows: list[dict], device) -> float:
     """Mean NLL per CoT+answer token over the chains (the yardstick for both students)."""
     import torch
 
-    from cotprune.layout import ChainLayout
-    from cotprune.training import TargetLoss, build_example, collate_padded, micro_batch_nll
+    from cotprune.data.layout import ChainLayout
+    from cotprune.training.sft import TargetLoss, build_example, collate_padded, micro_batch_nll
 
     cl = ChainLayout(tokenizer)
     examples = [build_example(cl, r["question"], r["cot"], r["answer"]) for r in rows]
@@ -68,16 +68,16 @@ def mean_target_nll(model, tokenizer, rows: list[dict], device) -> float:
 def run_cotprune(args, work: Path) -> dict:
     import pyarrow as pa
 
-    from cotprune.distill import DistillOptions, LoraOptions, run_distill
-    from cotprune.files import CHAIN_SCHEMA, write_table
-    from cotprune.models import ModelOptions, load_tokenizer
+    from cotprune.core.models import ModelOptions, load_tokenizer
+    from cotprune.data.files import CHAIN_SCHEMA, write_table
+    from cotprune.training.distill import DistillOptions, LoraOptions, run_distill
 
     rows = chains(args.n, args.seed)
     data = work / "chains.parquet"
     write_table(pa.Table.from_pylist(rows, schema=CHAIN_SCHEMA), data)
     tok = load_tokenizer(args.model)
-    from cotprune.layout import ChainLayout
-    from cotprune.training import build_example
+    from cotprune.data.layout import ChainLayout
+    from cotprune.training.sft import build_example
 
     cl = ChainLayout(tok)
     # B rows of the longest chain: every micro-batch holds at least the B rows TRL takes per step
@@ -94,7 +94,7 @@ def run_cotprune(args, work: Path) -> dict:
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     seconds = sum(m["tokens"] / m["tokens_per_s"] for m in metrics)
     tokens = sum(m["tokens"] for m in metrics)
-    from cotprune.models import load_model
+    from cotprune.core.models import load_model
 
     model, tokenizer = load_model(ModelOptions(args.model, adapter=str(out), dtype="float32",
                                                device=args.device))
@@ -109,7 +109,7 @@ def run_cotprune(args, work: Path) -> dict:
 def _trl_dataset(rows, tokenizer):
     from datasets import Dataset
 
-    from cotprune.layout import ANSWER_PREFIX, ChainLayout
+    from cotprune.data.layout import ANSWER_PREFIX, ChainLayout
 
     cl = ChainLayout(tokenizer)
     return Dataset.from_list([{"prompt": cl.prompt_text(r["question"]),
@@ -123,7 +123,7 @@ def run_baseline(args, work: Path) -> dict:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
 
-    from cotprune.models import load_tokenizer, resolve_model_path
+    from cotprune.core.models import load_tokenizer, resolve_model_path
 
     torch.manual_seed(args.seed)
     rows = chains(args.n, args.seed)

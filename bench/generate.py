@@ -27,8 +27,8 @@ import time
 
 
 def prompts_of(n: int, tokenizer) -> list[list[int]]:
-    from cotprune.layout import ChainLayout
-    from cotprune.synth import SynthOptions, synth_arithmetic
+    from cotprune.data.layout import ChainLayout
+    from cotprune.data.synth import SynthOptions, synth_arithmetic
 
     task = SynthOptions(2, 3, 20, 9, ("add", "sub"), "brief")  # the experiment's task
     layout = ChainLayout(tokenizer)
@@ -38,7 +38,7 @@ def prompts_of(n: int, tokenizer) -> list[list[int]]:
 def random_adapter(path: str) -> str:
     from peft import LoraConfig, get_peft_model
 
-    from cotprune.models import ModelOptions, load_model
+    from cotprune.core.models import ModelOptions, load_model
 
     model, _ = load_model(ModelOptions(device="cpu", dtype="float32"))
     get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
@@ -70,15 +70,15 @@ def main() -> None:
 
     import torch
 
-    from cotprune.generation import (
+    from cotprune.core.models import ModelOptions, load_model
+    from cotprune.data.layout import ChainLayout
+    from cotprune.training.sampling import (
         SamplingOptions,
         decode,
         finish_response,
         hf_generate,
         stop_token_ids,
     )
-    from cotprune.layout import ChainLayout
-    from cotprune.models import ModelOptions, load_model
 
     print(f"load average at start: {os.getloadavg()}", flush=True)
     adapter = args.adapter or random_adapter(tempfile.mkdtemp())

@@ -60,7 +60,7 @@ def published_greedy(model, prompt, cot, answer, deletions, batch_tokens):
 def gsm8k_layouts(layouter, min_cot: int, max_cot: int, count: int) -> list:
     """The first `count` GSM8K train chains (of the first 500) whose CoT has min_cot to max_cot
     tokens, laid out by `layouter`."""
-    from cotprune.importers import import_chains
+    from cotprune.data.importers import import_chains
 
     layouts = []
     for c in import_chains(str(GSM8K), "gsm8k", limit=500):
@@ -74,7 +74,7 @@ def gsm8k_layouts(layouter, min_cot: int, max_cot: int, count: int) -> list:
 
 def parse_mode(spec: str):
     """'exact' or e.g. 'shortlist=8+refresh-every=10' -> GreedyOptions."""
-    from cotprune.greedy import GreedyOptions
+    from cotprune.pruning.greedy import GreedyOptions
 
     if spec == "exact":
         return GreedyOptions()
@@ -104,11 +104,11 @@ def main() -> None:
                     help="Comma-separated modes; the first must be exact (the J yardstick).")
     args = ap.parse_args()
 
-    from cotprune.deletion import DeletionScorer
-    from cotprune.engine import sequence_objectives
-    from cotprune.greedy import greedy_prune, kept_positions
-    from cotprune.layout import ChainLayout, join_segments
-    from cotprune.models import ModelOptions, load_model
+    from cotprune.core.deletion import DeletionScorer
+    from cotprune.core.engine import sequence_objectives
+    from cotprune.core.models import ModelOptions, load_model
+    from cotprune.data.layout import ChainLayout, join_segments
+    from cotprune.pruning.greedy import greedy_prune, kept_positions
 
     model, tok = load_model(ModelOptions(device="cpu"))
     layouts = gsm8k_layouts(ChainLayout(tok), args.min_cot, args.max_cot, args.chains)

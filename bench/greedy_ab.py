@@ -6,7 +6,7 @@
 Runs exact greedy (`--steps` deletions) on the first GSM8K chain whose CoT length is in the
 window, once per value and round (A B A B ...), and prints process CPU seconds per value and
 whether every run deleted the same tokens (the constants tune speed, never choices). The
-constant is a module attribute of `cotprune.deletion`; values are Python literals or
+constant is a module attribute of `cotprune.core.deletion`; values are Python literals or
 expressions such as 10**6.
 """
 
@@ -30,13 +30,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
 
-    import cotprune.deletion as deletion
-    from cotprune.greedy import greedy_prune
-    from cotprune.layout import ChainLayout
-    from cotprune.models import ModelOptions, load_model
+    import cotprune.core.deletion as deletion
+    from cotprune.core.models import ModelOptions, load_model
+    from cotprune.data.layout import ChainLayout
+    from cotprune.pruning.greedy import greedy_prune
 
     if not hasattr(deletion, args.constant):
-        raise SystemExit(f"cotprune.deletion has no {args.constant}")
+        raise SystemExit(f"cotprune.core.deletion has no {args.constant}")
     model, tok = load_model(ModelOptions(device="cpu"))
     found = gsm8k_layouts(ChainLayout(tok), args.min_cot, args.max_cot, 1)
     if not found:

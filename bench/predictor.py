@@ -33,14 +33,14 @@ def timed(fn):
 
 def cross_validate(chains, features, folds: int, epochs: int, layers: int) -> dict:
     """k-fold (by chain) mean Spearman of each variant and baseline on the training chains."""
-    from cotprune.predictor import (
+    from cotprune.pruning.predictor import (
         BASELINES,
         Predictor,
         PredictorSpec,
         evaluate,
         feature_names,
     )
-    from cotprune.ranking import FitOptions, train_ranknet
+    from cotprune.pruning.ranking import FitOptions, train_ranknet
 
     sums: dict[str, list[float]] = {}
     for k in range(folds):
@@ -74,13 +74,13 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     args = ap.parse_args()
 
-    from cotprune.deletion import DeletionScorer
-    from cotprune.engine import sequence_objectives
-    from cotprune.files import read_table
-    from cotprune.greedy import greedy_prune, kept_positions
-    from cotprune.layout import join_segments
-    from cotprune.models import ModelOptions, load_model
-    from cotprune.predictor import (
+    from cotprune.core.deletion import DeletionScorer
+    from cotprune.core.engine import sequence_objectives
+    from cotprune.core.models import ModelOptions, load_model
+    from cotprune.data.files import read_table
+    from cotprune.data.layout import join_segments
+    from cotprune.pruning.greedy import greedy_prune, kept_positions
+    from cotprune.pruning.predictor import (
         Predictor,
         PredictorSpec,
         chain_features,
@@ -88,9 +88,9 @@ def main() -> None:
         feature_names,
         read_greedy,
     )
-    from cotprune.prune import kept_count, order_by_scores, random_order
-    from cotprune.ranking import FitOptions, train_ranknet
-    from cotprune.score import score_batch
+    from cotprune.pruning.prune import kept_count, order_by_scores, random_order
+    from cotprune.pruning.ranking import FitOptions, train_ranknet
+    from cotprune.scoring.score import score_batch
 
     model, tok = load_model(ModelOptions(model=args.model, device="cpu"))
     train = [c for f in args.train.split(",") for c in read_greedy(f)[0]]

@@ -27,9 +27,9 @@ def rss_mb() -> float:
 
 
 def build_samples(tokenizer, n: int):
-    from cotprune.layout import ChainLayout
+    from cotprune.data.layout import ChainLayout
+    from cotprune.data.synth import synth_arithmetic
     from cotprune.rl.update import Sample
-    from cotprune.synth import synth_arithmetic
 
     layout = ChainLayout(tokenizer)
     out = []
@@ -43,7 +43,7 @@ def build_samples(tokenizer, n: int):
 def run_mode(mode: str, extra: dict, args, queue) -> None:
     import torch
 
-    from cotprune.models import ModelOptions
+    from cotprune.core.models import ModelOptions
     from cotprune.rl.trainer import RLOptions, build_policy
     from cotprune.rl.update import UpdateConfig, policy_update
 

@@ -40,7 +40,7 @@ def easy_problem(rng: random.Random, index: int, top: int = 9) -> dict:
 def write_prompts(path: str, n: int, seed: int, top: int) -> None:
     import pyarrow as pa
 
-    from cotprune.files import write_table
+    from cotprune.data.files import write_table
 
     rng = random.Random(seed)
     rows = [easy_problem(rng, i, top) for i in range(n)]

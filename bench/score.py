@@ -42,8 +42,8 @@ def run_cotprune(chains: str, batch_tokens: int) -> dict:
     import pyarrow.parquet as pq
     import torch  # noqa: F401  (imported before the first maxrss reading, like the baseline)
 
-    from cotprune.models import ModelOptions
-    from cotprune.score import ScoreOptions, run_score
+    from cotprune.core.models import ModelOptions
+    from cotprune.scoring.score import ScoreOptions, run_score
 
     rss0 = maxrss_mib()
     out = Path(tempfile.mkdtemp()) / "scores.parquet"
@@ -63,8 +63,8 @@ def run_hand_loop(chains: str) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from cotprune.layout import ChainLayout
-    from cotprune.models import load_tokenizer, resolve_model_path
+    from cotprune.core.models import load_tokenizer, resolve_model_path
+    from cotprune.data.layout import ChainLayout
 
     rss0 = maxrss_mib()
     start = time.perf_counter()
@@ -114,8 +114,8 @@ def max_differences(a: dict, b: dict) -> dict:
 def write_chains(n: int, directory: Path) -> str:
     import pyarrow as pa
 
-    from cotprune.files import CHAIN_SCHEMA, write_table
-    from cotprune.importers import import_chains
+    from cotprune.data.files import CHAIN_SCHEMA, write_table
+    from cotprune.data.importers import import_chains
 
     path = directory / "gsm8k.parquet"
     write_table(pa.Table.from_pylist(import_chains(str(GSM8K), "gsm8k", limit=n),
@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=8192)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from cotprune.models import resolve_model_path
+    from cotprune.core.models import resolve_model_path
 
     resolve_model_path("smollm2-135m")  # convert the default model once, outside the timings
     chains = write_chains(args.chains, Path(tempfile.mkdtemp()))

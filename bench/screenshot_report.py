@@ -70,9 +70,9 @@ def sample_inputs(where: Path) -> list[Path]:
     import pyarrow as pa
     from transformers import AutoTokenizer
 
-    from cotprune.files import write_table
-    from cotprune.layout import ChainLayout, token_texts
-    from cotprune.synth import synth_arithmetic
+    from cotprune.data.files import write_table
+    from cotprune.data.layout import ChainLayout, token_texts
+    from cotprune.data.synth import synth_arithmetic
 
     tok_dir = ROOT.parent / "shared" / "data" / "tokenizers" / "gpt2"
     tok = AutoTokenizer.from_pretrained(tok_dir)

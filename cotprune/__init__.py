@@ -1,3 +1,5 @@
 """cotprune: find the chain-of-thought tokens that matter, delete the rest, train on the rest."""
 
-__version__ = "0.1.0"
+from cotprune.version import __version__
+
+__all__ = ["__version__"]

@@ -57,7 +57,7 @@ def deleted_kinds(rows: list[dict], tokenizer) -> dict:
 
 
 def read_rows(path: Path, columns=None) -> list[dict]:
-    from cotprune.files import read_table
+    from cotprune.data.files import read_table
 
     return read_table(path, columns=columns).to_pylist()
 
@@ -174,8 +174,8 @@ def main() -> None:
     parser.add_argument("--table", type=Path, required=True)
     args = parser.parse_args()
 
-    from cotprune.files import read_manifest
-    from cotprune.models import load_tokenizer
+    from cotprune.core.models import load_tokenizer
+    from cotprune.data.files import read_manifest
 
     model = read_manifest(args.work / "pruned" / "full.parquet").get("model")
     tokenizer = load_tokenizer(model)

@@ -15,7 +15,7 @@ def main() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from cotprune.models import load_tokenizer
+    from cotprune.core.models import load_tokenizer
 
     tokenizer = load_tokenizer()  # smollm2-135m's, from the package's GGUF (cached)
     torch.manual_seed(args.seed)

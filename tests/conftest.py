@@ -117,8 +117,8 @@ def chains_file(tmp_path) -> Path:
     """Six synthetic chains as a chains file."""
     import pyarrow as pa
 
-    from cotprune.files import CHAIN_SCHEMA, write_table
-    from cotprune.synth import synth_arithmetic
+    from cotprune.data.files import CHAIN_SCHEMA, write_table
+    from cotprune.data.synth import synth_arithmetic
 
     path = tmp_path / "chains.parquet"
     write_table(pa.Table.from_pylist(synth_arithmetic(6, seed=3), schema=CHAIN_SCHEMA), path)

@@ -3,15 +3,15 @@
 import pytest
 import torch
 
-from cotprune.attention import (
+from cotprune.core.attention import (
     attention_rows,
     causal_attention_rows,
     later_query_mean,
     repeat_kv_heads,
 )
+from cotprune.core.models import ModelOptions, load_model
+from cotprune.data.layout import ChainLayout
 from cotprune.errors import InputError
-from cotprune.layout import ChainLayout
-from cotprune.models import ModelOptions, load_model
 
 
 def eager_reference(path, layout):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cotprune.bounds import BOUND_SLACK, Bounded, bound_vocabulary, nll_lower_bound
+from cotprune.core.bounds import BOUND_SLACK, Bounded, bound_vocabulary, nll_lower_bound
 
 
 def test_nll_lower_bound_is_below_the_exact_nll_and_tight_on_the_whole_vocabulary():

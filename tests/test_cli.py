@@ -4,7 +4,7 @@ import sys
 import pytest
 from conftest import run_cli, summary_of
 
-from cotprune.files import read_table
+from cotprune.data.files import read_table
 
 
 def test_help_is_fast_and_imports_no_torch():
@@ -25,7 +25,7 @@ def test_config_file_fills_defaults_and_flags_win(tmp_path):
     assert code == 0 and summary_of(stdout)["rows"] == 4
     code, stdout, _ = run_cli("synth", "arithmetic", "-o", out, "--config", cfg, "-n", "2")
     assert code == 0 and summary_of(stdout)["rows"] == 2
-    from cotprune.synth import synth_arithmetic
+    from cotprune.data.synth import synth_arithmetic
 
     assert read_table(out).to_pylist() == synth_arithmetic(2, 9)
 

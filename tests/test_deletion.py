@@ -1,11 +1,11 @@
 import pytest
 from greedy_reference import full_objective, reference_greedy
 
-import cotprune.deletion as deletion
-from cotprune.deletion import ChainState, DeletionScorer
-from cotprune.greedy import GreedyOptions, greedy_prune, kept_positions
-from cotprune.layout import ChainLayout
-from cotprune.models import ModelOptions, load_model
+import cotprune.core.deletion as deletion
+from cotprune.core.deletion import ChainState, DeletionScorer
+from cotprune.core.models import ModelOptions, load_model
+from cotprune.data.layout import ChainLayout
+from cotprune.pruning.greedy import GreedyOptions, greedy_prune, kept_positions
 
 COTS = ["We add 3 and 4 to get 7, so it is seven.",
         "First 12 minus 5 is 7. Then 7 times 2 is 14, check: 14/2=7.",
@@ -152,7 +152,7 @@ def test_rows_bounded_in_a_best_of_step_are_exact_in_a_plain_next_step(tiny, mon
 
 
 def test_rows_past_the_kv_budget_are_recomputed_and_agree(tiny, monkeypatch):
-    import cotprune.deletion as deletion
+    import cotprune.core.deletion as deletion
 
     model, tok = tiny
     state = _state(tok, COTS[1])

@@ -14,20 +14,12 @@ import pytest
 import torch
 from conftest import run_cli, summary_of
 
-from cotprune.files import CHAIN_SCHEMA, read_table, write_table
-from cotprune.generation import ratio_question
-from cotprune.layout import ANSWER_PREFIX, ChainLayout, decode
-from cotprune.synth import synth_arithmetic
-from cotprune.training import (
-    Example,
-    TargetLoss,
+from cotprune.data.files import CHAIN_SCHEMA, read_table, write_table
+from cotprune.data.layout import ChainLayout
+from cotprune.data.synth import synth_arithmetic
+from cotprune.training.sampling import ratio_question
+from cotprune.training.sft import (
     build_example,
-    collate_packed,
-    collate_padded,
-    loss_mask,
-    lr_factor,
-    micro_batch_nll,
-    plan_epoch,
 )
 
 
@@ -42,103 +34,6 @@ def _pruned_file(path: Path, n: int = 4, ratios=(0.5, 0.9), seed: int = 1) -> Pa
     schema = pa.schema([*CHAIN_SCHEMA, pa.field("keep_ratio", pa.float32())])
     write_table(pa.Table.from_pylist(rows, schema=schema), path)
     return path
-
-
-# --- loss mask -------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("tok", ["qwen_tokenizer", "gpt2_tokenizer"])
-def test_loss_mask_covers_exactly_cot_and_answer(tok, request):
-    tokenizer = request.getfixturevalue(tok)
-    cl = ChainLayout(tokenizer)
-    ex = build_example(cl, "How many?", "First 2, then 3 more, so 5.", "5")
-    mask = loss_mask(ex)
-    prompt = cl.prompt_ids("How many?")
-    assert not any(mask[:len(prompt)])  # never the prompt
-    assert all(mask[len(prompt):])      # everything after it: CoT, answer, end of turn
-    targets = [t for t, m in zip(ex.input_ids, mask, strict=True) if m]
-    assert decode(tokenizer, targets) == "First 2, then 3 more, so 5." + ANSWER_PREFIX + "5" \
-        + cl.end_of_turn
-    batch = collate_padded([ex, build_example(cl, "Q", "c", "1")], pad_id=0)
-    assert batch.targets.tolist()[:len(targets)] == targets
-
-
-def test_ratio_conditioned_prompt(qwen_tokenizer):
-    cl = ChainLayout(qwen_tokenizer)
-    ex = build_example(cl, "How many?", "cot", "5", keep_ratio=0.5)
-    assert list(ex.input_ids[:ex.loss_start]) == cl.prompt_ids("How many?\n<keep ratio 0.5>")
-
-
-# --- packing ---------------------------------------------------------------------------------
-
-def _reference_nll(model, ex: Example) -> torch.Tensor:
-    """Plain reference: the whole logits of one unpadded sequence, CE over the mask."""
-    ids = torch.tensor([ex.input_ids])
-    logits = model(input_ids=ids).logits[0].float()
-    targets = ids[0, ex.loss_start:ex.loss_end]
-    return torch.nn.functional.cross_entropy(logits[ex.loss_start - 1:ex.loss_end - 1], targets,
-                                             reduction="sum")
-
-
-def test_packed_and_padded_losses_equal_unpacked(tiny_qwen_model):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_qwen_model)
-    model = AutoModelForCausalLM.from_pretrained(tiny_qwen_model, dtype=torch.float32)
-    cl = ChainLayout(tok)
-    examples = [build_example(cl, c["question"], c["cot"][:40 * (i + 1)], c["answer"])
-                for i, c in enumerate(synth_arithmetic(3, 5))]
-    assert len({len(e) for e in examples}) == 3
-    loss = TargetLoss(model)
-
-    def value_and_grad(fn):
-        model.zero_grad()
-        value = fn()
-        value.backward()
-        return value.detach(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
-
-    ref, ref_grad = value_and_grad(lambda: sum(_reference_nll(model, e) for e in examples))
-    packed, packed_grad = value_and_grad(lambda: micro_batch_nll(loss, collate_packed(examples)))
-    padded, padded_grad = value_and_grad(
-        lambda: micro_batch_nll(loss, collate_padded(examples, tok.pad_token_id)))
-    assert torch.allclose(packed, ref, rtol=1e-5) and torch.allclose(padded, ref, rtol=1e-5)
-    assert torch.allclose(packed_grad, ref_grad, rtol=1e-4, atol=1e-6)
-    assert torch.allclose(padded_grad, ref_grad, rtol=1e-4, atol=1e-6)
-
-
-def test_chunked_nll_equals_whole(tiny_gpt2_model):
-    from cotprune.training import target_nll
-
-    head = torch.nn.Linear(8, 50, bias=False)
-    hidden = torch.randn(37, 8, requires_grad=True)
-    targets = torch.randint(0, 50, (37,))
-    whole = torch.nn.functional.cross_entropy(head(hidden), targets, reduction="sum")
-    chunked = target_nll(hidden, head, targets, chunk_rows=10)
-    assert torch.allclose(whole, chunked, rtol=1e-6)
-    g1, = torch.autograd.grad(whole, hidden)
-    g2, = torch.autograd.grad(chunked, hidden)
-    assert torch.allclose(g1, g2, atol=1e-6)
-
-
-# --- data order and schedule -----------------------------------------------------------------
-
-@pytest.mark.parametrize("packed", [True, False])
-def test_plan_epoch_covers_every_example_once_within_budget(packed):
-    lengths = [5 + (i * 37) % 90 for i in range(200)]
-    plan = plan_epoch(lengths, 300, seed=3, epoch=1, packed=packed)
-    assert sorted(i for b in plan for i in b) == list(range(200))
-    for b in plan:
-        cost = sum(lengths[i] for i in b) if packed else len(b) * max(lengths[i] for i in b)
-        assert cost <= 300 or len(b) == 1
-    assert plan == plan_epoch(lengths, 300, seed=3, epoch=1, packed=packed)
-    assert plan != plan_epoch(lengths, 300, seed=3, epoch=2, packed=packed)
-
-
-def test_lr_warmup_then_cosine():
-    assert lr_factor(0, 10, 2) == 0.5 and lr_factor(1, 10, 2) == 1.0
-    assert lr_factor(2, 10, 2) == pytest.approx(1.0)
-    assert lr_factor(6, 10, 2) == pytest.approx(0.5)
-    assert lr_factor(10, 10, 2) == pytest.approx(0.0)
-    assert lr_factor(0, 5, 0) == 1.0
 
 
 # --- the command -----------------------------------------------------------------------------
@@ -180,7 +75,7 @@ def test_resume_gives_the_same_losses(tiny_gpt2_model, tmp_path):
 
 
 def test_ratio_conditioned_round_trip_through_eval(tiny_qwen_model, tmp_path, monkeypatch):
-    from cotprune import generate as gen_stage
+    from cotprune.training import generate_chains as gen_stage
 
     data = _pruned_file(tmp_path / "pruned.parquet", n=2, ratios=(0.5,))
     out = tmp_path / "student"
@@ -190,10 +85,17 @@ def test_ratio_conditioned_round_trip_through_eval(tiny_qwen_model, tmp_path, mo
     assert json.loads((out / "distill.json").read_text())["ratio_conditioned"] is True
     seen = []
     real = gen_stage.generate_batch
+    from transformers import AutoModelForCausalLM
+
+    base_q = AutoModelForCausalLM.from_pretrained(tiny_qwen_model).model.layers[0].self_attn \
+        .q_proj.weight
 
     def spy(model, tokenizer, prompts, *a, **k):
         seen.extend(prompts)
-        assert type(model).__name__.startswith("Peft")  # the adapter was attached
+        # the adapter was attached, and merged into the weights for generation
+        q = model.model.layers[0].self_attn.q_proj
+        assert not hasattr(model, "peft_config") and isinstance(q, torch.nn.Linear)
+        assert not torch.allclose(q.weight, base_q)
         return real(model, tokenizer, prompts, *a, **k)
 
     monkeypatch.setattr(gen_stage, "generate_batch", spy)
@@ -202,7 +104,7 @@ def test_ratio_conditioned_round_trip_through_eval(tiny_qwen_model, tmp_path, mo
                                 "--max-new-tokens", "2", "--device", "cpu")
     assert code == 0, err
     assert summary_of(stdout)["keep_ratio"] == 0.5
-    from cotprune.models import load_tokenizer
+    from cotprune.core.models import load_tokenizer
 
     cl = ChainLayout(load_tokenizer(str(tiny_qwen_model)))
     questions = [c["question"] for c in synth_arithmetic(2, 1)]
@@ -238,7 +140,7 @@ def test_lora_on_default_model_lowers_loss_and_loads_with_peft(default_model_cac
     s = summary_of(stdout)
     losses = [m["loss"] for m in _metrics(out)]
     assert s["final_loss"] < s["first_loss"] and losses[-1] < losses[0] * 0.9, losses
-    from cotprune.models import resolve_model_path
+    from cotprune.core.models import resolve_model_path
 
     base = AutoModelForCausalLM.from_pretrained(resolve_model_path("smollm2-135m"))
     ids = torch.tensor([[1, 2, 3, 4]])
@@ -268,8 +170,8 @@ def test_two_cpu_processes_match_one_with_accumulation(tiny_gpt2_model, tmp_path
 
 def test_keep_ratio_picks_rows_of_a_multi_ratio_file(tiny_gpt2_model, tmp_path):
     """`--keep-ratio 0.5` trains on the 0.5 rows only; a ratio the file lacks is exit 2."""
-    from cotprune.distill import rows_with_ratios
     from cotprune.errors import InputError
+    from cotprune.training.distill import rows_with_ratios
 
     pruned = _pruned_file(tmp_path / "p.parquet", n=3, ratios=(0.5, 0.9))
     table = read_table(pruned)

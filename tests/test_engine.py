@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from cotprune.engine import logprob_entropy, plan_batches, sequence_objectives
-from cotprune.layout import ChainLayout
-from cotprune.models import ModelOptions, load_model
+from cotprune.core.engine import logprob_entropy, plan_batches, sequence_objectives
+from cotprune.core.models import ModelOptions, load_model
+from cotprune.data.layout import ChainLayout
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,7 @@
 import pyarrow as pa
 import pytest
 
-from cotprune.errors import InputError
-from cotprune.files import (
+from cotprune.data.files import (
     Shard,
     StageOutput,
     StreamingWriter,
@@ -13,6 +12,7 @@ from cotprune.files import (
     validate_chains,
     write_table,
 )
+from cotprune.errors import InputError
 
 SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("x", pa.int32())])
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cotprune import grading
-from cotprune.grading import extract_answer, is_correct, parse_number
+from cotprune.training import grading
+from cotprune.training.grading import extract_answer, is_correct, parse_number
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -1,6 +1,6 @@
 import pytest
 
-from cotprune.layout import ANSWER_PREFIX, ChainLayout, decode, join_segments
+from cotprune.data.layout import ANSWER_PREFIX, ChainLayout, decode, join_segments
 
 COTS = [
     "Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether.",

@@ -2,8 +2,8 @@ import time
 
 import pytest
 
+from cotprune.core.models import ModelOptions, load_model, load_tokenizer, resolve_model_path
 from cotprune.errors import InputError
-from cotprune.models import ModelOptions, load_model, load_tokenizer, resolve_model_path
 
 
 def test_option_validation_names_the_flag():
@@ -85,7 +85,7 @@ def test_default_alias_converts_once_then_loads_fast(default_model_cache):
 
 @pytest.mark.slow
 def test_layout_on_the_default_tokenizer(default_model_cache):
-    from cotprune.layout import ChainLayout, decode
+    from cotprune.data.layout import ChainLayout, decode
 
     tok = load_tokenizer()
     cl = ChainLayout(tok)

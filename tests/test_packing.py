@@ -2,7 +2,7 @@ import os
 
 import torch
 
-from cotprune.packing import FORCE_GQA, block_mask, grouped_query_sdpa, lanes, lay_out
+from cotprune.core.packing import FORCE_GQA, block_mask, grouped_query_sdpa, lanes, lay_out
 
 
 def test_lanes_hold_each_key_once_in_as_few_balanced_lanes_as_the_width_allows():

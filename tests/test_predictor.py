@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import run_cli, summary_of
 
-from cotprune.files import CHAIN_SCHEMA, read_table, write_table
-from cotprune.predictor import load_predictor
-from cotprune.ranking import (
+from cotprune.data.files import CHAIN_SCHEMA, read_table, write_table
+from cotprune.pruning.predictor import load_predictor
+from cotprune.pruning.ranking import (
     EVAL_EVERY,
     FitOptions,
     average_ranks,
@@ -126,10 +126,10 @@ def test_validation_picks_the_epoch_count_then_refits_on_every_chain():
 # --- features ---
 
 def test_features_agree_with_the_score_engine(tiny_gpt2_model):
-    from cotprune.layout import ChainLayout, token_texts
-    from cotprune.models import ModelOptions, load_model
-    from cotprune.predictor import chain_features
-    from cotprune.score import score_batch
+    from cotprune.core.models import ModelOptions, load_model
+    from cotprune.data.layout import ChainLayout, token_texts
+    from cotprune.pruning.predictor import chain_features
+    from cotprune.scoring.score import score_batch
 
     model, tok = load_model(ModelOptions(model=str(tiny_gpt2_model), device="cpu"))
     layouts = [ChainLayout(tok).layout(c["question"], c["cot"], c["answer"]) for c in CHAINS]
@@ -183,9 +183,9 @@ def test_predicted_pruning_keeps_floor_keep_n_in_predicted_order(chains_path, pr
     assert code == 0, err
     rows = read_table(out).to_pylist()
     assert summary_of(stdout)["rows"] == len(rows) == 12
-    from cotprune.layout import Layout
-    from cotprune.models import ModelOptions, load_model
-    from cotprune.predictor import chain_features
+    from cotprune.core.models import ModelOptions, load_model
+    from cotprune.data.layout import Layout
+    from cotprune.pruning.predictor import chain_features
 
     model, tok = load_model(ModelOptions(model=str(tiny_gpt2_model), device="cpu"))
     pred = load_predictor(str(predictor_file), str(tiny_gpt2_model))
@@ -204,8 +204,8 @@ def test_predicted_pruning_keeps_floor_keep_n_in_predicted_order(chains_path, pr
 
 def test_dynamic_order_with_large_k_equals_static_and_respects_protection(tiny_gpt2_model,
                                                                           predictor_file):
-    from cotprune.layout import ChainLayout
-    from cotprune.models import ModelOptions, load_model
+    from cotprune.core.models import ModelOptions, load_model
+    from cotprune.data.layout import ChainLayout
 
     model, tok = load_model(ModelOptions(model=str(tiny_gpt2_model), device="cpu"))
     pred = load_predictor(str(predictor_file), str(tiny_gpt2_model))

@@ -4,9 +4,9 @@ import pyarrow as pa
 import pytest
 from conftest import run_cli, summary_of
 
-from cotprune.files import CHAIN_SCHEMA, read_table, write_table
-from cotprune.layout import decode
-from cotprune.models import load_tokenizer
+from cotprune.core.models import load_tokenizer
+from cotprune.data.files import CHAIN_SCHEMA, read_table, write_table
+from cotprune.data.layout import decode
 
 STATIC = ["surprisal", "entropy", "attention", "loo", "random"]
 
@@ -82,7 +82,7 @@ def test_protect_digits_keeps_every_digit_token(short_chains, tmp_path, tiny_gpt
 def test_killed_greedy_run_resumes_to_the_same_result(short_chains, tmp_path, tiny_gpt2_model,
                                                       monkeypatch):
     _, expected = prune(short_chains, tmp_path / "full.parquet", tiny_gpt2_model, "--keep", "0.5")
-    import cotprune.prune as prune_module
+    import cotprune.pruning.prune as prune_module
 
     real = prune_module.GreedyCheckpoint.save
     calls = {"n": 0}

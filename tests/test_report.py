@@ -13,8 +13,8 @@ import pyarrow as pa
 import pytest
 from conftest import TOKENIZERS, run_cli, summary_of
 
-from cotprune.files import write_table
-from cotprune.report_plots import (
+from cotprune.data.files import write_table
+from cotprune.report.plots import (
     colour_of,
     deletion_ranks,
     forking_tokens,
@@ -56,7 +56,7 @@ class Page(HTMLParser):
 
 
 def _layout_rows(tokenizer, n: int) -> list[dict]:
-    from cotprune.layout import ChainLayout
+    from cotprune.data.layout import ChainLayout
 
     lay = ChainLayout(tokenizer)
     rows = []
@@ -107,7 +107,7 @@ def make_pruned(tokenizer, n: int = 5, *, cot_tokens: bool = False) -> pa.Table:
 
 
 def make_scores(tokenizer, n: int = 5) -> pa.Table:
-    from cotprune.layout import token_texts
+    from cotprune.data.layout import token_texts
 
     rng = np.random.default_rng(0)
     rows = []

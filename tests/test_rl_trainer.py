@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import run_cli, summary_of
 
-from cotprune.files import CHAIN_SCHEMA, write_table
+from cotprune.data.files import CHAIN_SCHEMA, write_table
+from cotprune.data.synth import synth_arithmetic
 from cotprune.rl.update import PolicyPair, Sample, UpdateConfig, policy_update
-from cotprune.synth import synth_arithmetic
 
 
 class RecordingOptimizer:
@@ -100,7 +100,7 @@ def test_full_token_update_matches_plain_reference(tiny_qwen_model, loss_type):
 
 
 def test_rpc_training_forward_is_really_shorter(tiny_qwen_model):
-    from cotprune.engine import decoder_and_head
+    from cotprune.core.engine import decoder_and_head
 
     model = _tiny(tiny_qwen_model)
     decoder, _ = decoder_and_head(model)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import GSM8K, run_cli, summary_of
 
-from cotprune.files import CHAIN_SCHEMA, read_table, write_table
-from cotprune.layout import ChainLayout
-from cotprune.models import ModelOptions, load_model
-from cotprune.score import ScoreOptions, score_batch
+from cotprune.core.models import ModelOptions, load_model
+from cotprune.data.files import CHAIN_SCHEMA, read_table, write_table
+from cotprune.data.layout import ChainLayout
+from cotprune.scoring.score import ScoreOptions, score_batch
 
 SCORERS = ["surprisal", "entropy", "attention"]
 
@@ -153,7 +153,7 @@ def test_two_shards_equal_one_process(small_chains, tmp_path, tiny_qwen_model):
 
 def test_killed_run_resumes_to_the_same_result(small_chains, tmp_path, tiny_qwen_model,
                                                monkeypatch):
-    from cotprune.files import StageOutput
+    from cotprune.data.files import StageOutput
 
     clean, out = tmp_path / "clean.parquet", tmp_path / "resumed.parquet"
     code, clean_stdout, _ = score_cli(small_chains, clean, tiny_qwen_model, "--batch-tokens", "1")
@@ -247,8 +247,8 @@ def test_options_validate_and_deduplicate():
 
 @pytest.mark.slow
 def test_default_model_on_two_gsm8k_chains(default_model_cache, tmp_path):
-    from cotprune.importers import import_chains
-    from cotprune.models import resolve_model_path
+    from cotprune.core.models import resolve_model_path
+    from cotprune.data.importers import import_chains
 
     chains = write_chains(tmp_path / "gsm8k.parquet", import_chains(str(GSM8K), "gsm8k", limit=2))
     out = tmp_path / "scores.parquet"
@@ -257,7 +257,7 @@ def test_default_model_on_two_gsm8k_chains(default_model_cache, tmp_path):
     assert summary_of(stdout)["chains"] == 2
     path = resolve_model_path("smollm2-135m")
     for row in pq.read_table(out).to_pylist():
-        from cotprune.layout import Layout
+        from cotprune.data.layout import Layout
 
         layout = Layout(row["input_ids"], row["cot_start"], row["cot_end"], row["answer_start"],
                         row["answer_end"])

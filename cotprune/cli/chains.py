@@ -30,8 +30,8 @@ def import_cmd(
 ) -> None:
     """Convert a dataset into a chains file (id, question, cot, answer, reference)."""
     from cotprune.console import emit_summary
-    from cotprune.files import CHAIN_SCHEMA, make_manifest, write_table
-    from cotprune.importers import FieldMap, import_chains
+    from cotprune.data.files import CHAIN_SCHEMA, make_manifest, write_table
+    from cotprune.data.importers import FieldMap, import_chains
 
     fields = FieldMap(question_field, cot_field, answer_field, reference_field, id_field)
     rows = import_chains(source, format, fields=fields, keep_calc=keep_calc, split=split,
@@ -68,9 +68,9 @@ def synth_cmd(
 
     from cotprune.cli.options import parse_list
     from cotprune.console import emit_summary
+    from cotprune.data.files import CHAIN_SCHEMA, make_manifest, write_table
+    from cotprune.data.synth import SynthOptions, parse_steps, synth_arithmetic
     from cotprune.errors import InputError
-    from cotprune.files import CHAIN_SCHEMA, make_manifest, write_table
-    from cotprune.synth import SynthOptions, parse_steps, synth_arithmetic
 
     if kind != "arithmetic":
         raise InputError(f"synth knows only 'arithmetic', got {kind!r}")
@@ -92,6 +92,6 @@ def show_cmd(
     limit: Limit = 3,
 ) -> None:
     """Render chains in the terminal (pruned files: deleted tokens struck through)."""
-    from cotprune.show import show_file
+    from cotprune.report.show import show_file
 
     show_file(file, chain_id=id, keep=keep, limit=limit)

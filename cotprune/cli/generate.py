@@ -23,8 +23,8 @@ from cotprune.cli.options import (
     TrustRemoteCode,
     parse_list,
 )
-from cotprune.layout import ANSWER_PREFIX
-from cotprune.models import DEFAULT_MODEL
+from cotprune.core.models import DEFAULT_MODEL
+from cotprune.data.layout import ANSWER_PREFIX
 
 MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", min=1,
                                            help="Most tokens to generate per response.")]
@@ -60,9 +60,9 @@ def generate_cmd(
 ) -> None:
     """Sample chains from a teacher model: split into CoT and answer, optionally keep correct."""
     from cotprune.console import emit_summary
-    from cotprune.generate import GenerateOptions, run_generate
-    from cotprune.generation import SamplingOptions
-    from cotprune.models import ModelOptions
+    from cotprune.core.models import ModelOptions
+    from cotprune.training.generate_chains import GenerateOptions, run_generate
+    from cotprune.training.sampling import SamplingOptions
 
     model_opts = ModelOptions(model, adapter, dtype, device, trust_remote_code)
     sampling = SamplingOptions(max_new_tokens, temperature, top_p, samples, seed)
@@ -95,9 +95,9 @@ def eval_cmd(
 ) -> None:
     """Answer a benchmark (greedy by default) and grade: accuracy vs generated tokens."""
     from cotprune.console import emit_summary
-    from cotprune.evaluate import EvalOptions, run_eval
-    from cotprune.generation import SamplingOptions
-    from cotprune.models import ModelOptions
+    from cotprune.core.models import ModelOptions
+    from cotprune.training.evaluate import EvalOptions, run_eval
+    from cotprune.training.sampling import SamplingOptions
 
     model_opts = ModelOptions(model, adapter, dtype, device, trust_remote_code)
     sampling = SamplingOptions(max_new_tokens, temperature, top_p, 1, seed)
@@ -151,8 +151,8 @@ def distill_cmd(
 ) -> None:
     """Fine-tune a student on pruned chains (loss on CoT + answer only); LoRA by default."""
     from cotprune.console import emit_summary
-    from cotprune.distill import DistillOptions, LoraOptions, run_distill
-    from cotprune.models import ModelOptions
+    from cotprune.core.models import ModelOptions
+    from cotprune.training.distill import DistillOptions, LoraOptions, run_distill
 
     model_opts = ModelOptions(model, None, dtype, device, trust_remote_code)
     ratios = None if keep_ratio is None else tuple(parse_list(keep_ratio, "--keep-ratio", float))

@@ -31,7 +31,7 @@ OptionalModel = Annotated[str | None, typer.Option(
 
 
 def _model_options(model, adapter, dtype, device, trust_remote_code):
-    from cotprune.models import ModelOptions
+    from cotprune.core.models import ModelOptions
 
     return ModelOptions(model=model, adapter=adapter, dtype=dtype, device=device,
                         trust_remote_code=trust_remote_code)
@@ -65,10 +65,10 @@ def fit_cmd(
 ) -> None:
     """Train a rank predictor on greedy pruning output; write one safetensors artifact."""
     from cotprune.console import emit_summary
-    from cotprune.files import read_manifest
-    from cotprune.models import DEFAULT_MODEL
-    from cotprune.predictor import fit_predictor
-    from cotprune.ranking import FitOptions
+    from cotprune.core.models import DEFAULT_MODEL
+    from cotprune.data.files import read_manifest
+    from cotprune.pruning.predictor import fit_predictor
+    from cotprune.pruning.ranking import FitOptions
 
     opts = FitOptions(arch=arch, loss=loss, hidden=hidden, epochs=epochs, lr=lr,
                       weight_decay=weight_decay, seed=seed, batch_tokens=batch_tokens,
@@ -94,7 +94,7 @@ def eval_cmd(
 ) -> None:
     """Spearman of predicted vs greedy ranks (and of each raw feature), keep-set overlaps."""
     from cotprune.console import emit_summary
-    from cotprune.predictor import eval_predictor, read_predictor
+    from cotprune.pruning.predictor import eval_predictor, read_predictor
 
     if model is None:
         model = read_predictor(predictor).spec.pruner_model

@@ -68,10 +68,10 @@ def prune_cmd(
 ) -> None:
     """Prune chains: one output row per chain and keep ratio, with J of each pruned chain."""
     from cotprune.console import emit_summary
-    from cotprune.files import Shard
-    from cotprune.greedy import GreedyOptions
-    from cotprune.models import ModelOptions
-    from cotprune.prune import PruneOptions, run_prune
+    from cotprune.core.models import ModelOptions
+    from cotprune.data.files import Shard
+    from cotprune.pruning.greedy import GreedyOptions
+    from cotprune.pruning.prune import PruneOptions, run_prune
 
     opts = PruneOptions(
         method=method, keep=parse_list(keep, "--keep", float), objective=objective,

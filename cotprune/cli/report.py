@@ -36,7 +36,7 @@ def report_cmd(
     One self-contained page (inline CSS and images, no network) plus the PNGs it embeds.
     """
     from cotprune.console import emit_summary
-    from cotprune.report import ReportOptions, write_report
+    from cotprune.report.page import ReportOptions, write_report
 
     opts = ReportOptions(output=output, keep=keep, color_by=color_by, tokenizer=tokenizer,
                          labels=list(label or []), max_chains=max_chains, seed=seed)

@@ -83,7 +83,7 @@ def rl_cmd(
 ) -> None:
     """RL with verifiable rewards: length/Bingo rewards, entropy and NAT token selection."""
     from cotprune.console import emit_summary
-    from cotprune.models import ModelOptions
+    from cotprune.core.models import ModelOptions
     from cotprune.rl.trainer import RLOptions, run_rl
     from cotprune.rl.update import UpdateConfig
 

@@ -23,7 +23,7 @@ from cotprune.cli.options import (
     TrustRemoteCode,
     parse_list,
 )
-from cotprune.models import DEFAULT_MODEL
+from cotprune.core.models import DEFAULT_MODEL
 
 
 @app.command("score")
@@ -57,8 +57,8 @@ def score_cmd(
 ) -> None:
     """Score every CoT token of CHAINS; write chain + layout columns and one list per scorer."""
     from cotprune.console import emit_summary
-    from cotprune.models import ModelOptions
-    from cotprune.score import ScoreOptions, run_score
+    from cotprune.core.models import ModelOptions
+    from cotprune.scoring.score import ScoreOptions, run_score
 
     opts = ScoreOptions(scorers=parse_list(scorer, "--scorer"), objective=objective,
                         batch_tokens=batch_tokens, max_length=max_length, strict=strict,

@@ -7,6 +7,7 @@
 - `loss`: the per-token PPO-clip term and the grpo / dapo / dr_grpo aggregations.
 - `update`: one step's policy update (micro-batches, real truncation for RPC).
 - `rollout`: sampling and grading.
-- `significance`: Bingo's per-token significance (surprisal, attention, predictor, classifier).
+- `response_significance`: Bingo's per-token significance (surprisal, attention, predictor,
+  classifier).
 - `trainer`: the loop, metrics, checkpoints and `--resume`.
 """

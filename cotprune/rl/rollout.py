@@ -1,9 +1,9 @@
 """Sampling the group responses and grading them (Bingo's significance: `rl.significance`).
 
 Generation is HF `generate` with the policy in eval mode and a KV cache, left-padded batches
-(`generation.pad_left`), stopping at EOS or end of turn (`generation.stop_token_ids`). The
+(`sampling.pad_left`), stopping at EOS or end of turn (`sampling.stop_token_ids`). The
 trained response keeps its stop token (the model must learn to stop); a response without one is
-truncated. Grading is the `eval` grader (`generation.response_answer` + `grading.is_correct`).
+truncated. Grading is the `eval` grader (`sampling.response_answer` + `grading.is_correct`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from cotprune.generation import finish_response, pad_left, response_answer
-from cotprune.grading import is_correct
+from cotprune.training.grading import is_correct
+from cotprune.training.sampling import finish_response, pad_left, response_answer
 
 
 @dataclass

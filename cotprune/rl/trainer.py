@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 
 from cotprune.console import log
+from cotprune.core.models import ModelOptions
+from cotprune.data.files import make_manifest, read_table, validate_chains
 from cotprune.errors import InputError
-from cotprune.files import make_manifest, read_table, validate_chains
-from cotprune.models import ModelOptions
 from cotprune.rl import rewards as R
+from cotprune.rl.response_significance import ResponseSignificance, parse_significance, score_counts
 from cotprune.rl.rollout import Rollout, grade, sample_responses
-from cotprune.rl.significance import ResponseSignificance, parse_significance, score_counts
 from cotprune.rl.update import (
     PolicyPair,
     Sample,
@@ -118,7 +118,7 @@ def build_policy(model_opts: ModelOptions, opts: RLOptions, rank: int, world: in
     """(PolicyPair, tokenizer): LoRA on the initial policy, or full fine-tuning with --full."""
     import copy
 
-    from cotprune.models import attach_adapter, load_model
+    from cotprune.core.models import attach_adapter, load_model
 
     if world > 1 and torch.cuda.is_available() and model_opts.device == "auto":
         model_opts = ModelOptions(**{**asdict(model_opts),
@@ -152,8 +152,8 @@ def peak_memory_mb(device) -> float:
 
 class Trainer:
     def __init__(self, opts: RLOptions, model_opts: ModelOptions, cfg: UpdateConfig):
-        from cotprune.generation import stop_token_ids
-        from cotprune.layout import ChainLayout
+        from cotprune.data.layout import ChainLayout
+        from cotprune.training.sampling import stop_token_ids
 
         cfg.max_new_tokens, cfg.temperature = opts.max_new_tokens, opts.temperature
         self.opts, self.model_opts, self.cfg = opts, model_opts, cfg

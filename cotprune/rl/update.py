@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cotprune.engine import decoder_and_head, logprob_entropy, pad_right, plan_batches
+from cotprune.core.engine import decoder_and_head, logprob_entropy, pad_right, plan_batches
 from cotprune.errors import InputError
 from cotprune.rl.loss import LOSS_TYPES, ppo_clip_term, token_coefficients
 from cotprune.rl.selection import entropy_mask, entropy_topk_mask, nat_rpc, nat_urs

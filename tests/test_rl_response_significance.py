@@ -11,17 +11,17 @@ import pytest
 import torch
 from conftest import TOKENIZERS, run_cli
 
+from cotprune.data.files import CHAIN_SCHEMA, write_table
+from cotprune.data.layout import ChainLayout, decode, join_segments
+from cotprune.data.synth import synth_arithmetic
 from cotprune.errors import InputError
-from cotprune.files import CHAIN_SCHEMA, write_table
-from cotprune.generation import stop_token_ids
-from cotprune.layout import ChainLayout, decode, join_segments
-from cotprune.rl.rewards import significance_counts
-from cotprune.rl.significance import (
+from cotprune.rl.response_significance import (
     ResponseSignificance,
     SignificanceSpec,
     parse_significance,
 )
-from cotprune.synth import synth_arithmetic
+from cotprune.rl.rewards import significance_counts
+from cotprune.training.sampling import stop_token_ids
 
 COT = "Let me add 3 and 4. So 3 + 4 = 7, and 7 is odd."
 ANSWER = "\nThe answer is 7"
@@ -78,14 +78,14 @@ def classifier_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def predictor_path(tiny_gpt2_model, gpt2_setup, tmp_path_factory):
     """A predictor fitted (a few epochs) on the tiny model's features of three chains."""
-    from cotprune.predictor import (
+    from cotprune.pruning.predictor import (
         PredictorSpec,
         chain_features,
         feature_names,
         model_key,
         save_predictor,
     )
-    from cotprune.ranking import FitOptions, train_ranknet
+    from cotprune.pruning.ranking import FitOptions, train_ranknet
 
     model, tok, *_ = gpt2_setup
     layout = ChainLayout(tok)
@@ -147,7 +147,7 @@ def test_one_score_per_response_token(kind, gpt2_setup, tiny_gpt2_model, predict
 def test_attention_equals_eager_attention_averaged_by_hand(tiny_qwen_model):
     from transformers import AutoTokenizer
 
-    from cotprune.rl.significance import response_attention
+    from cotprune.rl.response_significance import response_attention
 
     tok = AutoTokenizer.from_pretrained(tiny_qwen_model)
     layout = ChainLayout(tok)
@@ -172,7 +172,7 @@ def test_attention_equals_eager_attention_averaged_by_hand(tiny_qwen_model):
 
 def test_classifier_counts_equal_a_direct_significance_model_call(gpt2_setup, tiny_gpt2_model,
                                                                   classifier_dir):
-    from cotprune.significance import SignificanceModel
+    from cotprune.scoring.significance_model import SignificanceModel
 
     model, tok, stop, prompts, responses, _ = gpt2_setup
     scorer = _scorer(SignificanceSpec("model", str(classifier_dir)), tiny_gpt2_model, gpt2_setup)
@@ -189,7 +189,7 @@ def test_classifier_counts_equal_a_direct_significance_model_call(gpt2_setup, ti
 
 def test_predictor_scores_the_cot_and_tops_the_answer(gpt2_setup, tiny_gpt2_model,
                                                       predictor_path):
-    from cotprune.predictor import chain_features, read_predictor
+    from cotprune.pruning.predictor import chain_features, read_predictor
 
     model, tok, _, prompts, responses, k = gpt2_setup
     scorer = _scorer(SignificanceSpec("predictor", str(predictor_path)), tiny_gpt2_model,

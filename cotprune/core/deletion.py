@@ -53,9 +53,9 @@ from dataclasses import dataclass
 
 import torch
 
-from cotprune.bounds import Bounded, Targets, bound_vocabulary, nll_lower_bound
-from cotprune.engine import decoder_and_head, logprob_entropy
-from cotprune.packing import grouped_query_sdpa, lanes, lay_out, stack_kv
+from cotprune.core.bounds import Bounded, Targets, bound_vocabulary, nll_lower_bound
+from cotprune.core.engine import decoder_and_head, logprob_entropy
+from cotprune.core.packing import grouped_query_sdpa, lanes, lay_out, stack_kv
 
 # Tokens per packed forward (at most; the scorer's token budget caps it too). Every forward
 # first reads all weights (SmolLM2 on the CPU: ~80 ms for a 2-token forward against ~2.5 ms per

@@ -1,7 +1,7 @@
 """`cotprune distill`: fine-tune a student on (pruned) chains; the loss covers CoT + answer only.
 
 LoRA through peft by default (`--full` trains every weight). The data order is a pure function
-of the seed (`training.plan_epoch`), optimiser steps normalise the summed token NLL by the
+of the seed (`sft.plan_epoch`), optimiser steps normalise the summed token NLL by the
 step's target-token count (so packing, grouping, accumulation and the number of processes do
 not change the objective), and checkpoints hold the trainable weights, the optimiser, the step
 and the RNG state: `--resume` continues the same run and gives the same losses.
@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cotprune.console import log
+from cotprune.core.models import ModelOptions
+from cotprune.data.files import make_manifest, read_table, validate_chains
 from cotprune.errors import InputError
-from cotprune.files import make_manifest, read_table, validate_chains
-from cotprune.models import ModelOptions
 
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
@@ -75,7 +75,7 @@ class DistillOptions:
     keep_ratios: tuple[float, ...] | None = None  # train only on these rows of a pruned file
 
     def __post_init__(self) -> None:
-        from cotprune.training import PACKINGS
+        from cotprune.training.sft import PACKINGS
 
         if self.keep_ratios is not None and not all(0 <= r <= 1 for r in self.keep_ratios):
             raise InputError("--keep-ratio values must be in [0, 1]")
@@ -124,8 +124,8 @@ def rows_with_ratios(table, ratios: tuple[float, ...], path: str):
 
 def load_examples(path: Path, tokenizer, opts: DistillOptions):
     """Examples from a pruned (or plain chains) file; skipped rows are counted, not hidden."""
-    from cotprune.layout import ChainLayout
-    from cotprune.training import build_example
+    from cotprune.data.layout import ChainLayout
+    from cotprune.training.sft import build_example
 
     table = read_table(path)
     validate_chains(table, str(path), unique_ids=False)
@@ -178,7 +178,7 @@ def plan_steps(lengths: list[int], opts: DistillOptions, packed: bool, world: in
     `--max-steps` runs as many epochs as it needs; `--epochs` may be fractional. A last step with
     fewer micro-batches than processes is dropped so that every process has work.
     """
-    from cotprune.training import plan_epoch
+    from cotprune.training.sft import plan_epoch
 
     per_step = opts.grad_accum * world
     stream: list[list[int]] = []
@@ -305,7 +305,7 @@ def load_student(model_opts: ModelOptions, opts: DistillOptions, d: Dist):
     and trains under bf16 autocast on a GPU that has it."""
     import torch
 
-    from cotprune.models import load_model, resolve_device
+    from cotprune.core.models import load_model, resolve_device
 
     device = resolve_device(model_opts.device)
     if device.type == "cuda" and d.world > 1:
@@ -393,7 +393,7 @@ def run_distill(pruned: Path, outdir: Path, model_opts: ModelOptions,
 
     import torch
 
-    from cotprune.training import (
+    from cotprune.training.sft import (
         TargetLoss,
         collate_packed,
         collate_padded,

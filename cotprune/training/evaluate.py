@@ -7,7 +7,7 @@ student is judged by.
 
 `--adapter` takes a `distill` output directory as it is (a peft adapter with its tokenizer);
 `--keep-ratio R` writes the ratio into each prompt exactly as `distill --ratio-conditioned`
-did in training (`generation.ratio_question`).
+did in training (`sampling.ratio_question`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from cotprune.console import Progress, log
-from cotprune.errors import InputError
-from cotprune.files import (
+from cotprune.core.models import ModelOptions
+from cotprune.data.files import (
     Shard,
     StageOutput,
     extend_schema,
@@ -28,11 +28,11 @@ from cotprune.files import (
     read_table,
     validate_chains,
 )
-from cotprune.generate import generate_in_batches
-from cotprune.generation import SamplingOptions, ratio_question, response_answer
-from cotprune.grading import is_correct
-from cotprune.layout import ANSWER_PREFIX
-from cotprune.models import ModelOptions
+from cotprune.data.layout import ANSWER_PREFIX
+from cotprune.errors import InputError
+from cotprune.training.generate_chains import generate_in_batches
+from cotprune.training.grading import is_correct
+from cotprune.training.sampling import SamplingOptions, ratio_question, response_answer
 
 EVAL_FIELDS = [
     pa.field("response", pa.string()),
@@ -103,7 +103,7 @@ def check_adapter_dir(adapter: str | None, keep_ratio: float | None) -> None:
 
 def run_eval(bench: Path, output: Path, model_opts: ModelOptions, opts: EvalOptions) -> dict:
     """The `eval` stage; returns its summary (computed from the whole output, resumed or not)."""
-    from cotprune.models import load_model
+    from cotprune.core.models import load_model
 
     check_adapter_dir(model_opts.adapter, opts.keep_ratio)
     table = read_table(bench)

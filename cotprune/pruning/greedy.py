@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cotprune.deletion import ChainState, DeletionScorer
+from cotprune.core.deletion import ChainState, DeletionScorer
 from cotprune.errors import InputError
 
 

@@ -7,7 +7,7 @@ The per-batch work is `score_batch(model, tokenizer, layouts, scorers)`, which `
   tokens only, projected to the vocabulary in row chunks (no batch x vocabulary logits);
 - attention: `attention.AttentionCapture` recomputes only the answer-query rows of each layer's
   attention from the captured queries and keys;
-- significance: a token-classification model on the CoT words (`significance.py`).
+- significance: a token-classification model on the CoT words (`scoring/significance_model.py`).
 
 Scorers are looked up in `SCORERS` (name -> function of a `BatchContext` returning one list of
 floats per layout); adding one is a function and a dict entry. `run_score` is the stage: read
@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from cotprune.console import Progress, log
-from cotprune.engine import check_objective, decoder_and_head, forward_hidden, logprob_entropy
+from cotprune.core.engine import check_objective, decoder_and_head, forward_hidden, logprob_entropy
+from cotprune.data.layout import Layout
 from cotprune.errors import InputError
-from cotprune.layout import Layout
 
 SCORER_NAMES = ("surprisal", "entropy", "attention", "loo", "significance")
 DEFAULT_SCORERS = "surprisal,entropy,attention"
@@ -90,7 +90,7 @@ class BatchContext:
         if self._hidden is None:
             seqs = [x.input_ids for x in self.layouts]
             if "attention" in self.scorers:
-                from cotprune.attention import AttentionCapture
+                from cotprune.core.attention import AttentionCapture
 
                 with AttentionCapture(self.model) as capture:
                     capture.expect(self.layouts)
@@ -139,7 +139,7 @@ def _attention(ctx: BatchContext) -> list[list[float]]:
 
 def _loo(ctx: BatchContext) -> list[list[float]]:
     """J without each CoT token minus J, suffixes batched on the cached prefix (deletion.py)."""
-    from cotprune.deletion import ChainState, DeletionScorer
+    from cotprune.core.deletion import ChainState, DeletionScorer
 
     scorer = DeletionScorer(ctx.model, ctx.objective, ctx.batch_tokens)
     return [scorer.loo_scores(ChainState.from_layout(x)) for x in ctx.layouts]
@@ -186,7 +186,7 @@ def output_schema(chains_schema, scorers: Sequence[str]):
     """Chain columns (unknown ones pass through), layout, cot_tokens, one list<float32> each."""
     import pyarrow as pa
 
-    from cotprune.files import LAYOUT_FIELDS, extend_schema
+    from cotprune.data.files import LAYOUT_FIELDS, extend_schema
 
     fields = [*LAYOUT_FIELDS, pa.field("cot_tokens", pa.list_(pa.string()))]
     fields += [pa.field(name, pa.list_(pa.float32())) for name in scorers]
@@ -203,7 +203,7 @@ def context_limit(model, max_length: int | None) -> int | None:
 def lay_out_rows(rows: list[dict], tokenizer, limit: int | None, *, strict: bool,
                  file: str) -> tuple[list[Layout | None], int]:
     """Layouts of `rows` (None for a chain over `limit` tokens) and the number skipped."""
-    from cotprune.layout import ChainLayout
+    from cotprune.data.layout import ChainLayout
 
     chain_layout = ChainLayout(tokenizer)
     layouts: list[Layout | None] = []
@@ -227,9 +227,9 @@ def lay_out_rows(rows: list[dict], tokenizer, limit: int | None, *, strict: bool
 def run_score(chains: str | Path, out: str | Path, opts: ScoreOptions, model_opts, *,
               shard_spec: str | None = None, resume: bool = False, seed: int = 0) -> dict:
     """The `score` stage; returns the summary dict (chains, skipped, tokens, seconds, rate)."""
-    from cotprune.files import Shard, StageOutput, make_manifest, read_table, validate_chains
-    from cotprune.layout import token_texts
-    from cotprune.models import load_model
+    from cotprune.core.models import load_model
+    from cotprune.data.files import Shard, StageOutput, make_manifest, read_table, validate_chains
+    from cotprune.data.layout import token_texts
 
     shard = Shard.parse(shard_spec)
     table = read_table(chains)
@@ -239,12 +239,12 @@ def run_score(chains: str | Path, out: str | Path, opts: ScoreOptions, model_opt
     torch.manual_seed(seed)
     model, tokenizer = load_model(model_opts)
     if "attention" in opts.scorers:
-        from cotprune.attention import attention_modules
+        from cotprune.core.attention import attention_modules
 
         attention_modules(model)  # an unsupported architecture fails before any output exists
     significance = None
     if "significance" in opts.scorers:
-        from cotprune.significance import SignificanceModel
+        from cotprune.scoring.significance_model import SignificanceModel
 
         significance = SignificanceModel(opts.significance_model, next(model.parameters()).device,
                                          trust_remote_code=model_opts.trust_remote_code)
@@ -261,7 +261,7 @@ def run_score(chains: str | Path, out: str | Path, opts: ScoreOptions, model_opt
                          shard=shard, resume=resume)
     done = output.done_ids
     todo = [k for k, x in enumerate(layouts) if x is not None and rows[k]["id"] not in done]
-    from cotprune.engine import plan_batches
+    from cotprune.core.engine import plan_batches
 
     batches = plan_batches([len(layouts[k].input_ids) for k in todo], opts.batch_tokens)
     with Progress(len(todo), "score") as progress:

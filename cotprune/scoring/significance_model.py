@@ -77,7 +77,7 @@ def token_char_spans(tokenizer, text: str, ids: Sequence[int]) -> list[tuple[int
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         if list(enc["input_ids"]) == ids:
             return [tuple(o) for o in enc["offset_mapping"]]
-    from cotprune.layout import decode
+    from cotprune.data.layout import decode
 
     spans, prev = [], 0
     for i in range(len(ids)):

@@ -6,7 +6,7 @@ import torch
 from conftest import run_cli, summary_of
 
 from cotprune.errors import InputError
-from cotprune.significance import (
+from cotprune.scoring.significance_model import (
     SignificanceModel,
     char_owners,
     chunk_words,

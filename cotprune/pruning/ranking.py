@@ -133,7 +133,7 @@ def pad_chains(xs: Sequence[torch.Tensor], ys: Sequence[Sequence[float]]):
 
 def chain_batches(lengths: Sequence[int], budget: int = PAIR_BUDGET) -> list[list[int]]:
     """Chains grouped (longest first) so that chains x n_max^2 stays within the pair budget."""
-    from cotprune.engine import plan_batches
+    from cotprune.core.engine import plan_batches
 
     # plan_batches bounds rows x longest; feed it n^2 per chain against the pair budget.
     return plan_batches([max(n, 1) ** 2 for n in lengths], budget)

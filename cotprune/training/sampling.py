@@ -17,9 +17,9 @@ import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from cotprune.data.layout import ANSWER_PREFIX, ChainLayout
 from cotprune.errors import InputError
-from cotprune.grading import extract_answer, last_boxed
-from cotprune.layout import ANSWER_PREFIX, ChainLayout
+from cotprune.training.grading import extract_answer, last_boxed
 
 RATIO_TEMPLATE = "\n<keep ratio {ratio}>"  # TokenSkip: the requested ratio follows the question
 

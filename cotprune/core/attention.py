@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from cotprune.data.layout import Layout
 from cotprune.errors import InputError
-from cotprune.layout import Layout
 
 QUERY_CHUNK = 256  # query rows per softmax block when computing the later-CoT feature
 
@@ -203,7 +203,7 @@ class AttentionCapture:
 def attention_rows(model, layouts: Sequence[Layout], pad_id: int, *,
                    later_cot: bool = False) -> list[AttentionRows]:
     """`AttentionRows` for each layout, from one SDPA forward of the batch."""
-    from cotprune.engine import forward_hidden
+    from cotprune.core.engine import forward_hidden
 
     with AttentionCapture(model, later_cot=later_cot) as capture:
         capture.expect(layouts)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cotprune.engine import VOCAB_CHUNK_ROWS
+from cotprune.core.engine import VOCAB_CHUNK_ROWS
 
 
 def bound_vocabulary(hidden: torch.Tensor, head, ids: Sequence[int], top: int,

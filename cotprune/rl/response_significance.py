@@ -11,7 +11,7 @@ tau) turns its scores into (N_low, N_high). Higher score = more significant for 
   `later_cot` row of `attention.AttentionCapture` with the whole response as the "CoT" span, so
   it runs on the model's SDPA path (no eager attention). Same models as surprisal.
 - `predictor:PATH`: a `cotprune predictor fit` artifact. The response is split into CoT and
-  answer at the answer marker (`generation.split_response`, on token boundaries); the predictor's
+  answer at the answer marker (`sampling.split_response`, on token boundaries); the predictor's
   features (`predictor.chain_features`) of prompt + CoT + answer give each CoT token a predicted
   deletion rank, higher = deleted later = more important, used as its significance. Answer
   tokens and the stop token, which pruning never deletes, get the highest CoT score. Without a
@@ -20,7 +20,7 @@ tau) turns its scores into (N_low, N_high). Higher score = more significant for 
   samples and reference: the artifact is bound to the pruner model it was fitted on, which is why
   it is refused (exit 2) when `--model` names another one.
 - `model:PATH`: a token-classification checkpoint (LLMLingua-2 kind) through
-  `significance.SignificanceModel.token_scores`: P(keep) of each word of the response text
+  `significance_model.SignificanceModel.token_scores`: P(keep) of each word of the response text
   mapped onto the response tokens; the stop token gets the highest score of the response.
 """
 
@@ -111,8 +111,8 @@ def split_tokens(tokenizer, chain_layout, response: Sequence[int],
     predictor was fitted on chains that end in one).
     """
     content = strip_stop(response, stop_ids)
-    from cotprune.generation import response_answer, split_response
-    from cotprune.layout import ANSWER_PREFIX
+    from cotprune.data.layout import ANSWER_PREFIX
+    from cotprune.training.sampling import response_answer, split_response
 
     text = tokenizer.decode(list(content), skip_special_tokens=True,
                             clean_up_tokenization_spaces=False)
@@ -141,7 +141,7 @@ class ResponseSignificance:
 
     def __init__(self, spec: SignificanceSpec, model_name: str, *,
                  trust_remote_code: bool = False):
-        from cotprune.predictor import load_predictor
+        from cotprune.pruning.predictor import load_predictor
 
         self.spec = spec
         self.trust_remote_code = trust_remote_code
@@ -158,18 +158,18 @@ class ResponseSignificance:
         return self.spec.kind == "predictor"
 
     def bind(self, model, tokenizer, stop_ids: Sequence[int], *, batch_tokens: int) -> None:
-        from cotprune.layout import ChainLayout
+        from cotprune.data.layout import ChainLayout
 
         self.tokenizer, self.layout = tokenizer, ChainLayout(tokenizer)
         self.stop_ids, self.batch_tokens = list(stop_ids), batch_tokens
         if self.predictor is not None:
             self.predictor.check_model(model)
         if self.spec.kind == "attention":
-            from cotprune.attention import attention_modules
+            from cotprune.core.attention import attention_modules
 
             attention_modules(model)  # refuse a model the attention scorer cannot read, now
         if self.spec.kind == "model":
-            from cotprune.significance import SignificanceModel
+            from cotprune.scoring.significance_model import SignificanceModel
 
             device = next(model.parameters()).device
             self.classifier = SignificanceModel(self.spec.path, device,
@@ -205,8 +205,8 @@ class ResponseSignificance:
                                   batch_tokens=self.batch_tokens)
 
     def _predictor(self, model, prompts, responses) -> list[list[float]]:
-        from cotprune.layout import join_segments
-        from cotprune.predictor import chain_features
+        from cotprune.data.layout import join_segments
+        from cotprune.pruning.predictor import chain_features
 
         layouts = []
         for prompt, response in zip(prompts, responses, strict=True):
@@ -217,7 +217,7 @@ class ResponseSignificance:
         return [pad_with_top(s, len(r)) for s, r in zip(cot_scores, responses, strict=True)]
 
     def _classifier(self, responses) -> list[list[float]]:
-        from cotprune.layout import decode
+        from cotprune.data.layout import decode
 
         contents = [strip_stop(r, self.stop_ids) for r in responses]
         texts = [decode(self.tokenizer, c) for c in contents]
@@ -233,9 +233,9 @@ def response_attention(model, prompts: Sequence[Sequence[int]],
                        responses: Sequence[Sequence[int]], pad_id: int, *,
                        batch_tokens: int = 8192) -> list[list[float]]:
     """Attention each response token receives from later response tokens (see the module doc)."""
-    from cotprune.attention import attention_rows
-    from cotprune.engine import plan_batches
-    from cotprune.layout import join_segments
+    from cotprune.core.attention import attention_rows
+    from cotprune.core.engine import plan_batches
+    from cotprune.data.layout import join_segments
 
     layouts = [join_segments(list(p), list(r), []) for p, r in zip(prompts, responses,
                                                                     strict=True)]

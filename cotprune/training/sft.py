@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from cotprune.generation import ratio_question
-from cotprune.layout import ChainLayout
+from cotprune.data.layout import ChainLayout
+from cotprune.training.sampling import ratio_question
 
 PACKINGS = ("auto", "pack", "group")
 WINDOW_BATCHES = 32  # length grouping sorts within windows of about this many micro-batches
@@ -195,7 +195,7 @@ class TargetLoss(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids, position_ids, attention_mask, hidden_index, targets):
-        from cotprune.engine import decoder_and_head
+        from cotprune.core.engine import decoder_and_head
 
         decoder, head = decoder_and_head(self.model)
         hidden = decoder(input_ids=input_ids, position_ids=position_ids,

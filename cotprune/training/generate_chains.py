@@ -21,8 +21,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from cotprune.console import Progress, log
-from cotprune.errors import InputError
-from cotprune.files import (
+from cotprune.core.models import ModelOptions
+from cotprune.data.files import (
     CHAIN_FIELDS,
     Shard,
     StageOutput,
@@ -31,7 +31,10 @@ from cotprune.files import (
     read_table,
     validate_chains,
 )
-from cotprune.generation import (
+from cotprune.data.layout import ANSWER_PREFIX, ChainLayout
+from cotprune.errors import InputError
+from cotprune.training.grading import is_correct
+from cotprune.training.sampling import (
     Response,
     SamplingOptions,
     generate_batch,
@@ -40,9 +43,6 @@ from cotprune.generation import (
     split_response,
     stop_token_ids,
 )
-from cotprune.grading import is_correct
-from cotprune.layout import ANSWER_PREFIX, ChainLayout
-from cotprune.models import ModelOptions
 
 GENERATED_FIELDS = [
     pa.field("source_id", pa.string()),
@@ -132,7 +132,7 @@ def _read_questions(path: Path, opts: GenerateOptions) -> pa.Table:
 def run_generate(questions_path: Path, output: Path, model_opts: ModelOptions,
                  opts: GenerateOptions) -> dict:
     """The `generate` stage; returns its summary."""
-    from cotprune.models import load_model
+    from cotprune.core.models import load_model
 
     table = _read_questions(Path(questions_path), opts)
     shard = Shard.parse(opts.shard)

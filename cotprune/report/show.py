@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
+from cotprune.data.files import iter_rows, read_manifest, read_table, require_columns
 from cotprune.errors import InputError
-from cotprune.files import iter_rows, read_manifest, read_table, require_columns
 
 # From "deleted soon after this ratio" to "kept longest".
 STEP_COLOURS = ["red", "dark_orange", "yellow", "green_yellow", "green"]
@@ -40,8 +40,8 @@ def pruned_cot_text(row: dict, token_texts: list[str]) -> Text:
 
 def _token_texts_for(path: Path):
     """A function row -> CoT token texts, with the tokenizer of the model that pruned the file."""
-    from cotprune.layout import token_texts
-    from cotprune.models import load_tokenizer
+    from cotprune.core.models import load_tokenizer
+    from cotprune.data.layout import token_texts
 
     manifest = read_manifest(path) or {}
     tokenizer = load_tokenizer(manifest.get("model", "smollm2-135m"))

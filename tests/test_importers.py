@@ -5,8 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import GSM8K, run_cli, summary_of
 
-from cotprune.files import read_manifest, read_table
-from cotprune.importers import last_boxed, strip_calculator
+from cotprune.data.files import read_manifest, read_table
+from cotprune.data.importers import last_boxed, strip_calculator
 
 
 def write_jsonl(path, rows):
@@ -104,7 +104,7 @@ def test_unknown_format_and_missing_file(tmp_path):
 
 
 def test_synth_is_seeded_and_exact(tmp_path):
-    from cotprune.synth import synth_arithmetic
+    from cotprune.data.synth import synth_arithmetic
 
     a, b = synth_arithmetic(20, seed=5), synth_arithmetic(20, seed=5)
     assert a == b and a != synth_arithmetic(20, seed=6)

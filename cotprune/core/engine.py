@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
+from cotprune.data.layout import Layout
 from cotprune.errors import InputError
-from cotprune.layout import Layout
 
 OBJECTIVES = ("reason-answer", "answer")
 VOCAB_CHUNK_ROWS = 128  # rows of hidden states projected to the vocabulary at a time

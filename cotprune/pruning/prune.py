@@ -25,10 +25,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from cotprune.console import Progress, log
-from cotprune.deletion import ChainState, DeletionScorer
-from cotprune.engine import check_objective, sequence_objectives
-from cotprune.errors import InputError
-from cotprune.files import (
+from cotprune.core.deletion import ChainState, DeletionScorer
+from cotprune.core.engine import check_objective, sequence_objectives
+from cotprune.core.models import ModelOptions, load_model
+from cotprune.data.files import (
     LAYOUT_FIELDS,
     Shard,
     StageOutput,
@@ -37,9 +37,9 @@ from cotprune.files import (
     read_table,
     validate_chains,
 )
-from cotprune.greedy import GreedyOptions, Trajectory, greedy_prune, kept_positions
-from cotprune.layout import ChainLayout, Layout, decode, join_segments, token_texts
-from cotprune.models import ModelOptions, load_model
+from cotprune.data.layout import ChainLayout, Layout, decode, join_segments, token_texts
+from cotprune.errors import InputError
+from cotprune.pruning.greedy import GreedyOptions, Trajectory, greedy_prune, kept_positions
 
 METHODS = ("greedy", "surprisal", "entropy", "attention", "loo", "predicted", "random")
 
@@ -121,7 +121,7 @@ def static_scores(method: str, model, tokenizer, layout: Layout, opts: PruneOpti
     """Per-CoT-token scores whose ascending order is the deletion order."""
     if method == "loo":
         return scorer.loo_scores(ChainState.from_layout(layout))
-    from cotprune.score import score_batch
+    from cotprune.scoring.score import score_batch
 
     return score_batch(model, tokenizer, [layout], [method],
                        batch_tokens=opts.batch_tokens)[0][method]
@@ -203,7 +203,7 @@ def run_prune(chains_path: Path, out: Path, model_opts: ModelOptions, opts: Prun
     scorer = DeletionScorer(model, opts.objective, opts.batch_tokens)
     predictor = None
     if opts.method == "predicted":
-        from cotprune.predictor import load_predictor
+        from cotprune.pruning.predictor import load_predictor
 
         predictor = load_predictor(opts.predictor, model_opts.model)
 

@@ -80,7 +80,7 @@ def _csv_records(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _parquet_records(path: Path) -> Iterator[tuple[str, dict]]:
-    from cotprune.files import iter_rows, read_table
+    from cotprune.data.files import iter_rows, read_table
 
     for n, rec in enumerate(iter_rows(read_table(path))):
         yield f"row {n}", rec

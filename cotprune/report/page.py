@@ -22,9 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cotprune.console import log
+from cotprune.data.files import read_manifest, read_table, require_columns
 from cotprune.errors import InputError
-from cotprune.files import read_manifest, read_table, require_columns
-from cotprune.report_plots import (
+from cotprune.report.plots import (
     CSS,
     FILTER_JS,
     Png,
@@ -171,7 +171,7 @@ class TokenTexts:
         return None
 
     def _load(self, name: str):
-        from cotprune.models import load_tokenizer
+        from cotprune.core.models import load_tokenizer
 
         try:
             return load_tokenizer(name)
@@ -188,7 +188,7 @@ class TokenTexts:
         tok = self.tokenizer_for(inp)
         if tok is None:
             return [f"[{i}]" for i in ids]
-        from cotprune.layout import token_texts
+        from cotprune.data.layout import token_texts
 
         return token_texts(tok, ids)
 

@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cotprune import __version__
 from cotprune.errors import InputError
+from cotprune.version import __version__
 
 MANIFEST_KEY = b"cotprune"
 ORDER_COLUMN = "__cotprune_order"  # hidden column in chunk files: the input row index

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
+from cotprune.data.layout import Layout, join_segments, token_texts
 from cotprune.errors import InputError
-from cotprune.layout import Layout, join_segments, token_texts
-from cotprune.ranking import (
+from cotprune.pruning.ranking import (
     FitOptions,
     RankNet,
     greedy_ranks,
@@ -101,9 +101,9 @@ def lexical_flags(texts: Sequence[str]) -> torch.Tensor:
 def chain_features(model, tokenizer, layouts: Sequence[Layout], *,
                    batch_tokens: int = 8192) -> list[ChainFeatures]:
     """Features of each layout; one SDPA forward per batch gives attention, surprisal, entropy."""
-    from cotprune.attention import AttentionCapture
-    from cotprune.engine import plan_batches
-    from cotprune.score import BatchContext
+    from cotprune.core.attention import AttentionCapture
+    from cotprune.core.engine import plan_batches
+    from cotprune.scoring.score import BatchContext
 
     for x in layouts:
         if x.cot_start < 1:
@@ -156,7 +156,7 @@ class Predictor:
         self.spec, self.net = spec, net
 
     def check_model(self, model) -> None:
-        from cotprune.attention import attention_modules
+        from cotprune.core.attention import attention_modules
 
         layers = len(attention_modules(model))
         if layers != self.spec.layers:
@@ -265,7 +265,7 @@ class GreedyChain:
 
 def read_greedy(path: str | Path, limit: int | None = None) -> tuple[list[GreedyChain], dict]:
     """Chains (first-seen order) of a `prune --method greedy` file, and the file's manifest."""
-    from cotprune.files import read_manifest, read_table, require_columns
+    from cotprune.data.files import read_manifest, read_table, require_columns
 
     table = read_table(path)
     if "prune_order" not in table.column_names:
@@ -299,11 +299,11 @@ def fit_predictor(pruned: str | Path, out: str | Path, model_opts, opts: FitOpti
     """`predictor fit`: features of every greedy chain, train, save one artifact."""
     import time
 
-    from cotprune.models import load_model
+    from cotprune.core.models import load_model
 
     start = time.perf_counter()
-    from cotprune.attention import attention_modules
     from cotprune.console import log
+    from cotprune.core.attention import attention_modules
 
     chains, manifest = read_greedy(pruned, limit)
     greedy_model = manifest.get("model")
@@ -361,7 +361,7 @@ def eval_predictor(pruned: str | Path, predictor_path: str | Path, model_opts, *
     """`predictor eval`: compare predicted ranks with held-out greedy ranks (one summary)."""
     import time
 
-    from cotprune.models import load_model
+    from cotprune.core.models import load_model
 
     start = time.perf_counter()
     predictor = load_predictor(str(predictor_path), model_opts.model)

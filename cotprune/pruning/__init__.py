@@ -1,0 +1,1 @@
+"""`cotprune prune` and `cotprune predictor`: greedy and static pruning, and the rank predictor."""

@@ -1,0 +1,1 @@
+"""Looking at results: `show` in the terminal, `report` as an HTML page with plots."""

@@ -1,0 +1,1 @@
+"""`cotprune score`: per-token scores (surprisal, entropy, attention, loo, significance)."""
