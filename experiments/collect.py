@@ -134,7 +134,11 @@ def arm_record(work: Path, name: str, tokenizer) -> dict:
 
 
 def greedy_validation(work: Path) -> list[dict]:
-    """Fast-mode J against exact greedy's on the validation chains, per keep ratio."""
+    """Fast-mode J against exact greedy's on the validation chains, per keep ratio (empty while
+    either file is missing: a partial run)."""
+    if not all((work / "pruned" / f).exists() for f in ("val-exact.parquet",
+                                                         "fit-greedy.parquet")):
+        return []
     exact = read_rows(work / "pruned" / "val-exact.parquet")
     fast = {(r["id"], round(r["keep_ratio"], 4)): r
             for r in read_rows(work / "pruned" / "fit-greedy.parquet")}
