@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 
 log = logging.getLogger("cotprune")
 
 
-def setup_logging(verbose: bool = False) -> None:
+def setup_logging() -> None:
     if log.handlers:
         return
     if sys.stderr.isatty():
@@ -26,12 +27,15 @@ def setup_logging(verbose: bool = False) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s cotprune: %(message)s", "%H:%M:%S"))
     log.addHandler(handler)
-    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.setLevel(logging.INFO)
     log.propagate = False
 
 
 def emit_summary(summary: dict) -> None:
-    """The run's one line of JSON on stdout."""
+    """The run's one line of JSON on stdout, printed once: by rank 0 under torchrun or
+    accelerate (RANK), so that N processes do not print N summaries."""
+    if int(os.environ.get("RANK", 0)) != 0:
+        return
     sys.stdout.write(json.dumps(summary, default=float) + "\n")
     sys.stdout.flush()
 

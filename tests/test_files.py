@@ -4,7 +4,6 @@ import pytest
 from cotprune.data.files import (
     Shard,
     StageOutput,
-    StreamingWriter,
     extend_schema,
     make_manifest,
     read_manifest,
@@ -33,18 +32,55 @@ def test_write_table_is_atomic_on_failure(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet"]  # no temp left
 
 
-def test_streaming_writer_writes_row_groups_and_cleans_up_on_error(tmp_path):
-    target = tmp_path / "s.parquet"
-    with StreamingWriter(target, SCHEMA, make_manifest("test", model="m")) as w:
-        for i in range(3):
-            w.write([{"id": str(i), "x": i}])
-    assert read_table(target).column("x").to_pylist() == [0, 1, 2]
-    assert read_manifest(target)["model"] == "m"
-    failed = tmp_path / "f.parquet"
-    with pytest.raises(RuntimeError), StreamingWriter(failed, SCHEMA) as w:
-        w.write([{"id": "a", "x": 1}])
-        raise RuntimeError
-    assert not failed.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["s.parquet"]
+def test_written_files_get_the_umask_permissions(tmp_path):
+    """Not mkstemp's 0600: a stage's output is readable as any new file would be."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        write_table(pa.Table.from_pylist([{"id": "a", "x": 1}], schema=SCHEMA), tmp_path / "t")
+        stage = StageOutput(tmp_path / "o.parquet", SCHEMA, make_manifest("t"))
+        stage.write([{"id": "a", "x": 1}], [0])
+        stage.finish()
+    finally:
+        os.umask(old)
+    for name in ("t", "o.parquet"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+def _interrupted(out, manifest):
+    stage = StageOutput(out, SCHEMA, manifest)
+    stage.write([{"id": "a", "x": 0}], [0])
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"options": {"keep": [0.5]}}, "option keep"),
+    ({"model": "other"}, "model"),
+    ({"dtype": "bfloat16"}, "dtype"),
+    ({"inputs": [{"path": "c.parquet", "sha256": "beef"}]}, "input files"),
+])
+def test_resume_refuses_a_run_that_differs_and_names_what(tmp_path, change, named):
+    base = make_manifest("t", model="m", dtype="float32", options={"keep": [0.9]},
+                         inputs=[{"path": "c.parquet", "sha256": "abc"}])
+    out = tmp_path / "o.parquet"
+    _interrupted(out, base)
+    with pytest.raises(InputError, match=named):
+        StageOutput(out, SCHEMA, {**base, **change}, resume=True)
+    moved = {**base, "argv": ["elsewhere"], "time": "later", "device": "cuda:1",
+             "inputs": [{"path": "moved.parquet", "sha256": "abc"}]}
+    assert StageOutput(out, SCHEMA, moved, resume=True).done_ids == {"a"}
+
+
+def test_fingerprint_follows_content_not_path(tmp_path):
+    from cotprune.data.files import fingerprint
+
+    table = pa.Table.from_pylist([{"id": "a", "x": 1}], schema=SCHEMA)
+    write_table(table, tmp_path / "one.parquet")
+    (tmp_path / "two.parquet").write_bytes((tmp_path / "one.parquet").read_bytes())
+    write_table(table.set_column(1, "x", pa.array([2], pa.int32())), tmp_path / "three.parquet")
+    assert fingerprint(tmp_path / "one.parquet") == fingerprint(tmp_path / "two.parquet")
+    assert fingerprint(tmp_path / "one.parquet") != fingerprint(tmp_path / "three.parquet")
 
 
 def test_manifest_contents(tmp_path):

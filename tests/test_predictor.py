@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import run_cli, summary_of
 
-from cotprune.data.files import CHAIN_SCHEMA, read_table, write_table
+from cotprune.data.files import CHAIN_SCHEMA, read_manifest, read_table, write_table
 from cotprune.pruning.predictor import load_predictor
 from cotprune.pruning.ranking import (
     EVAL_EVERY,
@@ -245,3 +245,42 @@ def test_bad_inputs_exit_2(chains_path, tiny_gpt2_model, tmp_path):
     code, _, err = run_cli("predictor", "fit", chains_path, "-o", tmp_path / "p.safetensors",
                            "--arch", "transformer")
     assert code == 2 and "--arch" in err
+
+
+def test_fit_uses_the_adapter_that_pruning_used(greedy_file, tiny_gpt2_model, tmp_path,
+                                                monkeypatch):
+    """The greedy manifest names model and adapter; features must come from both."""
+    from peft import LoraConfig, get_peft_model
+
+    import cotprune.core.models as models
+    from cotprune.core.models import ModelOptions, load_model
+
+    adapter = tmp_path / "adapter"
+    base, _ = load_model(ModelOptions(model=str(tiny_gpt2_model), device="cpu"))
+    get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"])).save_pretrained(
+        adapter)
+    table = read_table(greedy_file)
+    manifest = {**read_manifest(greedy_file), "adapter": str(adapter)}
+    adapted = tmp_path / "greedy-with-adapter.parquet"
+    write_table(table, adapted, manifest)
+
+    loaded = []
+    real = models.load_model
+
+    def spy(opts, **kw):
+        loaded.append((opts.model, opts.adapter))
+        return real(opts, **kw)
+
+    monkeypatch.setattr(models, "load_model", spy)
+    code, _, err = run_cli("predictor", "fit", adapted, "-o", tmp_path / "p.safetensors",
+                           "--epochs", "2", "--device", "cpu")
+    assert code == 0, err
+    assert loaded == [(str(tiny_gpt2_model), str(adapter))]
+
+
+def test_fit_with_a_bad_model_exits_2_and_writes_nothing(greedy_file, tmp_path):
+    out = tmp_path / "p.safetensors"
+    code, _, err = run_cli("predictor", "fit", greedy_file, "-o", out, "--model",
+                           "/no/such/model", "--device", "cpu")
+    assert code == 2 and "/no/such/model" in err
+    assert list(tmp_path.iterdir()) == []

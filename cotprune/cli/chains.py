@@ -90,6 +90,7 @@ def show_cmd(
     keep: Annotated[Optional[float], typer.Option(
         "--keep", help="Pruned files: show this keep ratio.")] = None,
     limit: Limit = 3,
+    config: Config = None,
 ) -> None:
     """Render chains in the terminal (pruned files: deleted tokens struck through)."""
     from cotprune.report.show import show_file

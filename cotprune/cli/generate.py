@@ -61,14 +61,18 @@ def generate_cmd(
     """Sample chains from a teacher model: split into CoT and answer, optionally keep correct."""
     from cotprune.console import emit_summary
     from cotprune.core.models import ModelOptions
+    from cotprune.core.stage import RunOptions
     from cotprune.training.generate_chains import GenerateOptions, run_generate
     from cotprune.training.sampling import SamplingOptions
 
-    model_opts = ModelOptions(model, adapter, dtype, device, trust_remote_code)
-    sampling = SamplingOptions(max_new_tokens, temperature, top_p, samples, seed)
-    opts = GenerateOptions(sampling, keep_correct, answer_marker, batch_tokens, limit, resume,
-                           shard)
-    emit_summary(run_generate(questions, output, model_opts, opts))
+    model_opts = ModelOptions(model=model, adapter=adapter, dtype=dtype, device=device,
+                              trust_remote_code=trust_remote_code)
+    sampling = SamplingOptions(max_new_tokens=max_new_tokens, temperature=temperature,
+                               top_p=top_p, samples=samples, seed=seed)
+    opts = GenerateOptions(sampling=sampling, keep_correct=keep_correct,
+                           answer_marker=answer_marker, batch_tokens=batch_tokens)
+    run = RunOptions(limit=limit, shard=shard, resume=resume, seed=seed)
+    emit_summary(run_generate(questions, output, model_opts, opts, run))
 
 
 @app.command("eval")
@@ -96,13 +100,18 @@ def eval_cmd(
     """Answer a benchmark (greedy by default) and grade: accuracy vs generated tokens."""
     from cotprune.console import emit_summary
     from cotprune.core.models import ModelOptions
+    from cotprune.core.stage import RunOptions
     from cotprune.training.evaluate import EvalOptions, run_eval
     from cotprune.training.sampling import SamplingOptions
 
-    model_opts = ModelOptions(model, adapter, dtype, device, trust_remote_code)
-    sampling = SamplingOptions(max_new_tokens, temperature, top_p, 1, seed)
-    opts = EvalOptions(sampling, keep_ratio, answer_marker, batch_tokens, limit, resume, shard)
-    emit_summary(run_eval(bench, output, model_opts, opts))
+    model_opts = ModelOptions(model=model, adapter=adapter, dtype=dtype, device=device,
+                              trust_remote_code=trust_remote_code)
+    sampling = SamplingOptions(max_new_tokens=max_new_tokens, temperature=temperature,
+                               top_p=top_p, samples=1, seed=seed)
+    opts = EvalOptions(sampling=sampling, keep_ratio=keep_ratio, answer_marker=answer_marker,
+                       batch_tokens=batch_tokens)
+    run = RunOptions(limit=limit, shard=shard, resume=resume, seed=seed)
+    emit_summary(run_eval(bench, output, model_opts, opts, run))
 
 
 @app.command("distill")
@@ -154,15 +163,16 @@ def distill_cmd(
     from cotprune.core.models import ModelOptions
     from cotprune.training.distill import DistillOptions, LoraOptions, run_distill
 
-    model_opts = ModelOptions(model, None, dtype, device, trust_remote_code)
-    ratios = None if keep_ratio is None else tuple(parse_list(keep_ratio, "--keep-ratio", float))
+    model_opts = ModelOptions(model=model, dtype=dtype, device=device,
+                              trust_remote_code=trust_remote_code)
+    lora = LoraOptions(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets)
     opts = DistillOptions(
-        LoraOptions(lora_r, lora_alpha, lora_dropout, lora_targets), full, epochs, max_steps, lr,
-        warmup_ratio, weight_decay, max_grad_norm, batch_tokens, grad_accum, max_length, packing,
-        gradient_checkpointing, ratio_conditioned, save_every, keep_checkpoints, seed, limit,
-        resume, ratios)
-    summary = run_distill(pruned, output, model_opts, opts)
-    import os
-
-    if int(os.environ.get("RANK", 0)) == 0:
-        emit_summary(summary)
+        lora=lora, full=full, epochs=epochs, max_steps=max_steps, lr=lr,
+        warmup_ratio=warmup_ratio, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+        batch_tokens=batch_tokens, grad_accum=grad_accum, max_length=max_length,
+        packing=packing, gradient_checkpointing=gradient_checkpointing,
+        ratio_conditioned=ratio_conditioned, save_every=save_every,
+        keep_checkpoints=keep_checkpoints, seed=seed, limit=limit, resume=resume,
+        keep_ratios=None if keep_ratio is None else tuple(
+            parse_list(keep_ratio, "--keep-ratio", float)))
+    emit_summary(run_distill(pruned, output, model_opts, opts))

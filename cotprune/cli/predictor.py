@@ -26,8 +26,8 @@ app.add_typer(predictor_app, name="predictor")
 
 PrunedFile = Annotated[Path, typer.Argument(help="Output of `prune --method greedy`.")]
 OptionalModel = Annotated[str | None, typer.Option(
-    "--model", help="Pruner model (fit: default the greedy file's model; eval: the "
-                    "predictor's).")]
+    "--model", help="Pruner model (fit: default the greedy file's model and adapter; eval: "
+                    "the predictor's).")]
 
 
 def _model_options(model, adapter, dtype, device, trust_remote_code):
@@ -73,8 +73,11 @@ def fit_cmd(
     opts = FitOptions(arch=arch, loss=loss, hidden=hidden, epochs=epochs, lr=lr,
                       weight_decay=weight_decay, seed=seed, batch_tokens=batch_tokens,
                       val_fraction=val_fraction)
+    # Features must come from the model that pruned: its manifest names it, adapter included.
+    pruned_by = read_manifest(pruned) or {}
     if model is None:
-        model = (read_manifest(pruned) or {}).get("model") or DEFAULT_MODEL
+        model = pruned_by.get("model") or DEFAULT_MODEL
+        adapter = adapter or pruned_by.get("adapter")
     emit_summary(fit_predictor(pruned, output, _model_options(
         model, adapter, dtype, device, trust_remote_code), opts, limit=limit))
 

@@ -23,6 +23,7 @@ from cotprune.cli.options import (
     TrustRemoteCode,
     parse_list,
 )
+from cotprune.core.models import DEFAULT_MODEL
 
 
 @app.command("prune")
@@ -54,7 +55,7 @@ def prune_cmd(
         "--predictor", help="predicted: a file written by `predictor fit`.")] = None,
     repredict_every: Annotated[Optional[int], typer.Option(
         "--repredict-every", help="predicted: re-predict after every K deletions.")] = None,
-    model: Model = "smollm2-135m",
+    model: Model = DEFAULT_MODEL,
     adapter: Adapter = None,
     dtype: Dtype = "auto",
     device: Device = "auto",
@@ -69,7 +70,7 @@ def prune_cmd(
     """Prune chains: one output row per chain and keep ratio, with J of each pruned chain."""
     from cotprune.console import emit_summary
     from cotprune.core.models import ModelOptions
-    from cotprune.data.files import Shard
+    from cotprune.core.stage import RunOptions
     from cotprune.pruning.greedy import GreedyOptions
     from cotprune.pruning.prune import PruneOptions, run_prune
 
@@ -81,5 +82,5 @@ def prune_cmd(
         predictor=str(predictor) if predictor else None, repredict_every=repredict_every)
     model_opts = ModelOptions(model=model, adapter=adapter, dtype=dtype, device=device,
                               trust_remote_code=trust_remote_code)
-    emit_summary(run_prune(chains, output, model_opts, opts, shard=Shard.parse(shard),
-                           resume=resume, limit=limit))
+    run = RunOptions(limit=limit, shard=shard, resume=resume, seed=seed)
+    emit_summary(run_prune(chains, output, model_opts, opts, run))

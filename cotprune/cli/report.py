@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cotprune.cli import app
-from cotprune.cli.options import Output, Seed
+from cotprune.cli.options import Config, Output, Seed
 
 
 @app.command("report")
@@ -30,6 +30,7 @@ def report_cmd(
     max_chains: Annotated[int, typer.Option(
         "--max-chains", help="Show at most this many chains (a seeded random sample).")] = 50,
     seed: Seed = 0,
+    config: Config = None,
 ) -> None:
     """Write DIR/index.html: pruned chains, J per method, accuracy vs tokens, score plots.
 

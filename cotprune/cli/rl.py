@@ -20,6 +20,7 @@ from cotprune.cli.options import (
     Seed,
     TrustRemoteCode,
 )
+from cotprune.core.models import DEFAULT_MODEL
 
 
 def _opt(*names: str, help: str, **kw):
@@ -30,7 +31,7 @@ def _opt(*names: str, help: str, **kw):
 def rl_cmd(
     prompts: Annotated[Path, typer.Argument(help="Parquet with id, question, reference.")],
     output: Annotated[Path, _opt("-o", "--output", help="Output directory.")],
-    model: Model = "smollm2-135m",
+    model: Model = DEFAULT_MODEL,
     adapter: Adapter = None,
     dtype: Dtype = "auto",
     device: Device = "auto",
@@ -87,7 +88,8 @@ def rl_cmd(
     from cotprune.rl.trainer import RLOptions, run_rl
     from cotprune.rl.update import UpdateConfig
 
-    model_opts = ModelOptions(model, adapter, dtype, device, trust_remote_code)
+    model_opts = ModelOptions(model=model, adapter=adapter, dtype=dtype, device=device,
+                              trust_remote_code=trust_remote_code)
     opts = RLOptions(
         prompts=str(prompts), output=str(output), reward=reward, alpha=alpha,
         significance=significance, tau=tau, advantage=advantage, max_steps=max_steps,

@@ -58,12 +58,13 @@ def score_cmd(
     """Score every CoT token of CHAINS; write chain + layout columns and one list per scorer."""
     from cotprune.console import emit_summary
     from cotprune.core.models import ModelOptions
+    from cotprune.core.stage import RunOptions
     from cotprune.scoring.score import ScoreOptions, run_score
 
     opts = ScoreOptions(scorers=parse_list(scorer, "--scorer"), objective=objective,
                         batch_tokens=batch_tokens, max_length=max_length, strict=strict,
-                        significance_model=significance_model, limit=limit)
+                        significance_model=significance_model)
     model_opts = ModelOptions(model=model, adapter=adapter, dtype=dtype, device=device,
                               trust_remote_code=trust_remote_code)
-    emit_summary(run_score(chains, output, opts, model_opts, shard_spec=shard, resume=resume,
-                           seed=seed))
+    run = RunOptions(limit=limit, shard=shard, resume=resume, seed=seed)
+    emit_summary(run_score(chains, output, opts, model_opts, run))

@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cotprune.data.files import umask_mode
 from cotprune.errors import InputError
 
 log = logging.getLogger("cotprune")
@@ -96,6 +97,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     model.load_state_dict(quantised.state_dict())
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes it 0700; the cache may be shared
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -13,6 +13,7 @@ With N shards, OUT is a directory and shard i writes OUT/part-0000i-of-0000N.par
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -81,6 +82,54 @@ def make_manifest(command: str, **fields: object) -> dict:
     }
 
 
+def fingerprint(path: str | Path) -> str:
+    """A content fingerprint of a stage file or part directory: sha256 over its Parquet bytes."""
+    digest = hashlib.sha256()
+    for f in list_parquet_files(path):
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def input_record(path: str | Path) -> dict:
+    """How a manifest names one input file: its path and its content fingerprint."""
+    return {"path": str(path), "sha256": fingerprint(path)}
+
+
+# What must match for `--resume` to continue a run: everything that changes the output. The
+# command line, the time and the device may differ (a resumed run may run on another GPU).
+RESUME_KEYS = ("command", "model", "adapter", "tokenizer", "dtype", "seed", "shard", "options")
+
+
+def resume_differences(before: dict, now: dict) -> list[str]:
+    """What differs between the manifest of an interrupted run and this one, in words."""
+    found = []
+    for key in RESUME_KEYS:
+        a, b = before.get(key), now.get(key)
+        if key == "options" and isinstance(a, dict) and isinstance(b, dict):
+            found += [f"option {k} ({a.get(k)!r} then, {b.get(k)!r} now)"
+                      for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            found.append(f"{key} ({a!r} then, {b!r} now)")
+    fingerprints = [[i.get("sha256") for i in m.get("inputs", [])] for m in (before, now)]
+    if fingerprints[0] != fingerprints[1]:
+        found.append("the input files' contents")
+    return found
+
+
+def check_resumable(before: dict | None, now: dict, what: str) -> None:
+    """Refuse (exit 2) to continue `what` when the interrupted run computed something else."""
+    if before is None:
+        raise InputError(f"--resume: {what} records no manifest, so it cannot be checked "
+                         "against this run; delete it to start again")
+    differences = resume_differences(before, now)
+    if differences:
+        raise InputError(f"--resume: this run differs from the interrupted one in "
+                         f"{'; '.join(differences)}. Repeat the first run's options, or delete "
+                         f"{what} to start again")
+
+
 def with_manifest(schema: pa.Schema, manifest: dict) -> pa.Schema:
     meta = dict(schema.metadata or {})
     meta[MANIFEST_KEY] = json.dumps(manifest).encode()
@@ -89,7 +138,10 @@ def with_manifest(schema: pa.Schema, manifest: dict) -> pa.Schema:
 
 def read_manifest(path: str | Path) -> dict | None:
     files = list_parquet_files(path)
-    meta = pq.read_schema(files[0]).metadata or {}
+    try:
+        meta = pq.read_schema(files[0]).metadata or {}
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"not a readable Parquet file ({e})", file=str(files[0])) from None
     raw = meta.get(MANIFEST_KEY)
     return json.loads(raw) if raw else None
 
@@ -156,10 +208,19 @@ def validate_chains(table: pa.Table, file: str, *, need: Iterable[str] = REQUIRE
 
 # --- writing ---------------------------------------------------------------------------------
 
+def umask_mode(mode: int = 0o666) -> int:
+    """`mode` less the process umask: the permissions `open()` would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 def _temp_path_beside(target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    # mkstemp makes the file 0600; the output must get the usual permissions once renamed.
+    os.chmod(name, umask_mode())
     return Path(name)
 
 
@@ -174,38 +235,6 @@ def write_table(table: pa.Table, path: str | Path, manifest: dict | None = None)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-class StreamingWriter:
-    """Write row groups one at a time (for files larger than memory), renamed into place on close.
-
-    Used as a context manager; an exception inside the block removes the temp file, so the
-    target is left as it was.
-    """
-
-    def __init__(self, path: str | Path, schema: pa.Schema, manifest: dict | None = None):
-        self.target = Path(path)
-        self.schema = with_manifest(schema, manifest) if manifest is not None else schema
-        self.tmp = _temp_path_beside(self.target)
-        self._writer = pq.ParquetWriter(self.tmp, self.schema)
-        self.rows = 0
-
-    def write(self, table: pa.Table | list[dict]) -> None:
-        if isinstance(table, list):
-            table = pa.Table.from_pylist(table, schema=self.schema)
-        else:
-            table = table.select(self.schema.names).cast(self.schema)
-        self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
-        self.rows += table.num_rows
-
-    def __enter__(self) -> StreamingWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self._writer.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.target)
-        self.tmp.unlink(missing_ok=True)
 
 
 # --- shards and resumable stage output -------------------------------------------------------
@@ -237,14 +266,18 @@ class Shard:
         return range(start, start + per + (1 if self.index < extra else 0))
 
 
+PARTIAL_MANIFEST = "manifest.json"  # in OUT.partial/: the manifest of the run that wrote it
+
+
 class StageOutput:
     """Resumable, shardable, atomic output of one stage.
 
     Rows are written in chunks as they finish (each chunk atomically) into a `.partial`
-    directory; `finish()` assembles them in input order into the target and removes the
-    directory. With `resume=True`, ids already in the chunks are reported by `done_ids` and
-    the caller skips them; without it, a leftover `.partial` directory is an error rather than
-    silently thrown away.
+    directory, beside the manifest of the run that writes them; `finish()` assembles them in
+    input order into the target and removes the directory. With `resume=True`, ids already in
+    the chunks are reported by `done_ids` and the caller skips them, but only when the
+    interrupted run's manifest matches this one (same inputs, model, options: else exit 2).
+    Without it, a leftover `.partial` directory is an error rather than silently thrown away.
     """
 
     def __init__(self, out: str | Path, schema: pa.Schema, manifest: dict, *,
@@ -257,13 +290,26 @@ class StageOutput:
             self.target = out / f"part-{shard.index:05d}-of-{shard.count:05d}.parquet"
             self.partial = out / f".part-{shard.index:05d}.partial"
         self.schema = schema
-        self.manifest = manifest
+        self.manifest = {**manifest, "shard": f"{shard.index}/{shard.count}"}
         self._chunk_schema = schema.append(pa.field(ORDER_COLUMN, pa.int64()))
-        if self.partial.exists() and not resume:
-            raise InputError(f"{self.partial} holds rows of an interrupted run: pass --resume to "
-                             "continue it, or delete it to start again", file=str(out))
+        if self.partial.exists():
+            if not resume:
+                raise InputError(f"{self.partial} holds rows of an interrupted run: pass --resume "
+                                 "to continue it, or delete it to start again", file=str(out))
+            check_resumable(self._partial_manifest(), self.manifest, str(self.partial))
         # Created on the first write, so a run that fails before any row leaves nothing behind.
         self._chunks = sorted(self.partial.glob("chunk-*.parquet"))
+
+    def _partial_manifest(self) -> dict | None:
+        path = self.partial / PARTIAL_MANIFEST
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def _open_partial(self) -> None:
+        """Create the partial directory with this run's manifest (once)."""
+        if (self.partial / PARTIAL_MANIFEST).exists():
+            return
+        self.partial.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.partial / PARTIAL_MANIFEST, json.dumps(self.manifest, indent=1))
 
     @property
     def done_ids(self) -> set[str]:
@@ -273,9 +319,18 @@ class StageOutput:
         return done
 
     def state_path(self, name: str) -> Path:
-        """A file in the partial directory where a stage can keep mid-row state (e.g. greedy)."""
-        self.partial.mkdir(parents=True, exist_ok=True)
+        """Where a stage keeps mid-row state (greedy's trajectory): a file in the partial
+        directory. Reading it creates nothing; `write_state` writes it."""
         return self.partial / name
+
+    def write_state(self, name: str, text: str) -> None:
+        self._open_partial()
+        write_text_atomic(self.partial / name, text)
+
+    def append_state(self, name: str, lines: Iterable[str]) -> None:
+        self._open_partial()
+        with open(self.partial / name, "a") as f:
+            f.writelines(line + "\n" for line in lines)
 
     def write(self, rows: list[dict], order: list[int]) -> None:
         """Append finished rows; `order[k]` is the input row index of `rows[k]`."""
@@ -284,7 +339,7 @@ class StageOutput:
         table = pa.Table.from_pylist(
             [{**r, ORDER_COLUMN: o} for r, o in zip(rows, order, strict=True)],
             schema=self._chunk_schema)
-        self.partial.mkdir(parents=True, exist_ok=True)
+        self._open_partial()
         chunk = self.partial / f"chunk-{len(self._chunks):06d}.parquet"
         write_table(table, chunk)
         self._chunks.append(chunk)
@@ -301,6 +356,16 @@ class StageOutput:
         write_table(table.cast(self.schema), self.target, self.manifest)
         shutil.rmtree(self.partial, ignore_errors=True)
         return table.num_rows
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a small text file so that a reader never sees half of it."""
+    tmp = _temp_path_beside(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def iter_rows(table: pa.Table) -> Iterator[dict]:

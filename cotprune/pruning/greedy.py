@@ -104,6 +104,8 @@ def greedy_prune(scorer: DeletionScorer, prompt: list[int], cot: list[int], answ
             base_j, js = lazy_step(scorer, state, stale, allowed, near, opts.shortlist)
         for t in pending:
             traj.trace[t] = base_j
+        if pending and on_step is not None:
+            on_step(traj)  # the last step's J are known now: a --resume may go on from here
         pending = []
         if not allowed:
             break

@@ -27,14 +27,13 @@ import pyarrow as pa
 from cotprune.console import Progress, log
 from cotprune.core.deletion import ChainState, DeletionScorer
 from cotprune.core.engine import check_objective, sequence_objectives
-from cotprune.core.models import ModelOptions, load_model
+from cotprune.core.models import ModelOptions
+from cotprune.core.stage import RunOptions, open_stage
 from cotprune.data.files import (
     LAYOUT_FIELDS,
-    Shard,
     StageOutput,
     extend_schema,
-    make_manifest,
-    read_table,
+    fingerprint,
     validate_chains,
 )
 from cotprune.data.layout import ChainLayout, Layout, decode, join_segments, token_texts
@@ -116,15 +115,30 @@ def random_order(n: int, seed: int, chain_id: str, protected: frozenset) -> list
     return order
 
 
-def static_scores(method: str, model, tokenizer, layout: Layout, opts: PruneOptions,
-                  scorer) -> list[float]:
-    """Per-CoT-token scores whose ascending order is the deletion order."""
+SCORE_COLUMN_METHODS = ("surprisal", "entropy", "attention", "loo")  # `score` writes these
+BATCHED_METHODS = ("surprisal", "entropy", "attention")  # one `score_batch` forward per batch
+
+
+def column_scores(method: str, row: dict, layout: Layout) -> list[float] | None:
+    """The row's own `method` column (a `score` output), when it was scored on this very
+    sequence: same token ids, one score per CoT token. Else None: compute the scores."""
+    scores = row.get(method)
+    if not isinstance(scores, list) or len(scores) != len(layout.cot_ids):
+        return None
+    if row.get("input_ids") is not None and list(row["input_ids"]) != layout.input_ids:
+        return None  # scored with another tokenizer or layout
+    return [float(s) for s in scores]
+
+
+def static_scores(method: str, model, tokenizer, layouts: list[Layout], opts: PruneOptions,
+                  scorer) -> list[list[float]]:
+    """Per-CoT-token scores of each chain whose ascending order is its deletion order."""
     if method == "loo":
-        return scorer.loo_scores(ChainState.from_layout(layout))
+        return [scorer.loo_scores(ChainState.from_layout(x)) for x in layouts]
     from cotprune.scoring.score import score_batch
 
-    return score_batch(model, tokenizer, [layout], [method],
-                       batch_tokens=opts.batch_tokens)[0][method]
+    results = score_batch(model, tokenizer, layouts, [method], batch_tokens=opts.batch_tokens)
+    return [r[method] for r in results]
 
 
 # --- the stage -------------------------------------------------------------------------------
@@ -134,7 +148,9 @@ class GreedyCheckpoint:
 
     def __init__(self, output: StageOutput, chain_id: str):
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", chain_id)
-        self.path = output.state_path(f"greedy-{safe}.json")
+        self.name = f"greedy-{safe}.json"
+        self.path = output.state_path(self.name)
+        self.output = output
         self.chain_id = chain_id
 
     def load(self) -> Trajectory | None:
@@ -144,9 +160,8 @@ class GreedyCheckpoint:
         return Trajectory(data["order"], data["trace"]) if data["id"] == self.chain_id else None
 
     def save(self, traj: Trajectory) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"id": self.chain_id, "order": traj.order, "trace": traj.trace}))
-        tmp.replace(self.path)
+        self.output.write_state(self.name, json.dumps(
+            {"id": self.chain_id, "order": traj.order, "trace": traj.trace}))
 
 
 def pruned_rows(chain: dict, layout: Layout, order: list[int], opts: PruneOptions, tokenizer,
@@ -182,32 +197,39 @@ def pruned_rows(chain: dict, layout: Layout, order: list[int], opts: PruneOption
     return rows
 
 
-def run_prune(chains_path: Path, out: Path, model_opts: ModelOptions, opts: PruneOptions, *,
-              shard: Shard = Shard(), resume: bool = False, limit: int | None = None) -> dict:
-    """The `prune` recipe: read, lay out, order, cut at each ratio, write. Returns the summary."""
-    table = read_table(chains_path)
-    validate_chains(table, str(chains_path))
-    if limit is not None:
-        table = table.slice(0, limit)
-    rows_range = shard.rows(table.num_rows)
-    chains = table.slice(rows_range.start, len(rows_range)).to_pylist()
+def prune_options(opts: PruneOptions) -> dict:
+    """The options that change what `prune` writes (batching does not), for the manifest."""
+    from cotprune.core.stage import plain
 
-    schema = extend_schema(table.schema, PRUNED_FIELDS)
-    manifest = make_manifest("prune", model=model_opts.model, dtype=model_opts.dtype,
-                             seed=opts.seed, method=opts.method, keep=opts.keep,
-                             objective=opts.objective)
-    output = StageOutput(out, schema, manifest, shard=shard, resume=resume)
-    done = output.done_ids
-    model, tokenizer = load_model(model_opts)
-    layouter = ChainLayout(tokenizer)
-    scorer = DeletionScorer(model, opts.objective, opts.batch_tokens)
+    return {"method": opts.method, "keep": opts.keep, "objective": opts.objective,
+            "greedy": plain(opts.greedy) if opts.method == "greedy" else None,
+            "protect": opts.protect, "max_cot_tokens": opts.max_cot_tokens,
+            "predictor": opts.predictor, "repredict_every": opts.repredict_every,
+            # the same path may hold another fit later: the artifact's bytes decide
+            "predictor_sha256": fingerprint(opts.predictor) if opts.predictor else None}
+
+
+def run_prune(chains_path: Path, out: Path, model_opts: ModelOptions, opts: PruneOptions,
+              run: RunOptions | None = None) -> dict:
+    """The `prune` recipe: read, lay out, order, cut at each ratio, write. Returns the summary."""
+    run = run or RunOptions(seed=opts.seed)
     predictor = None
-    if opts.method == "predicted":
+    if opts.method == "predicted":  # a bad predictor file fails before the model is loaded
         from cotprune.pruning.predictor import load_predictor
 
         predictor = load_predictor(opts.predictor, model_opts.model)
+    stage = open_stage("prune", chains_path, out, model_opts, run, validate=validate_chains,
+                       output_schema=lambda schema: extend_schema(schema, PRUNED_FIELDS),
+                       options=prune_options(opts))
+    model, tokenizer, chains, output = stage.model, stage.tokenizer, stage.rows, stage.output
+    done = output.done_ids
+    layouter = ChainLayout(tokenizer)
+    ctx = PruneContext(opts, model, tokenizer, DeletionScorer(model, opts.objective,
+                                                              opts.batch_tokens),
+                       output, run.resume, predictor)
 
     skipped = cot_tokens = 0
+    todo = []  # (index into chains, layout) of the chains this run prunes
     with Progress(len(chains), f"prune {opts.method}") as progress:
         for offset, chain in enumerate(chains):
             if chain["id"] in done:
@@ -221,30 +243,78 @@ def run_prune(chains_path: Path, out: Path, model_opts: ModelOptions, opts: Prun
                 skipped += 1
                 progress.advance()
                 continue
-            protected = protected_positions(tokenizer, layout.cot_ids, opts.protect_pattern)
-            trajectory = None
-            if opts.method == "greedy":
-                checkpoint = GreedyCheckpoint(output, chain["id"])
-                trajectory = greedy_prune(
-                    scorer, layout.input_ids[:layout.cot_start], layout.cot_ids,
-                    layout.input_ids[layout.answer_start:],
-                    n - kept_count(min(opts.keep), n), protected=protected, opts=opts.greedy,
-                    start=checkpoint.load() if resume else None, on_step=checkpoint.save)
-                order = trajectory.order
-            elif opts.method == "random":
-                order = random_order(n, opts.seed, chain["id"], protected)
-            elif opts.method == "predicted":
-                order = predictor.order(model, tokenizer, layout, protected,
-                                        repredict_every=opts.repredict_every)
-            else:
-                scores = static_scores(opts.method, model, tokenizer, layout, opts, scorer)
-                order = order_by_scores(scores, protected)
-            rows = pruned_rows(chain, layout, order, opts, tokenizer, model, trajectory)
-            output.write(rows, [rows_range.start + offset] * len(rows))
-            cot_tokens += n
-            progress.advance(1, tokens=n)
+            todo.append((offset, layout))
+        for group in chain_groups(todo, opts):
+            orders = deletion_orders([chains[k] for k, _ in group], [x for _, x in group], ctx)
+            for (offset, layout), (order, trajectory) in zip(group, orders, strict=True):
+                rows = pruned_rows(chains[offset], layout, order, opts, tokenizer, model,
+                                   trajectory)
+                stage.write(rows, [offset] * len(rows))
+                cot_tokens += len(layout.cot_ids)
+                progress.advance(1, tokens=len(layout.cot_ids))
         seconds = progress.seconds
     written = output.finish()
     return {"command": "prune", "method": opts.method, "chains": len(chains) - skipped,
             "skipped": skipped, "rows": written, "cot_tokens": cot_tokens,
             "seconds": round(seconds, 3), "output": str(out)}
+
+
+@dataclass
+class PruneContext:
+    """What ordering a chain's deletions needs besides the chain itself."""
+
+    opts: PruneOptions
+    model: object
+    tokenizer: object
+    scorer: DeletionScorer
+    output: StageOutput
+    resume: bool
+    predictor: object = None
+
+
+def chain_groups(todo: list[tuple[int, Layout]], opts: PruneOptions) -> list[list]:
+    """The chains ordered together: batches within --batch-tokens for the methods one forward
+    scores (surprisal, entropy, attention), else one chain at a time."""
+    if opts.method not in BATCHED_METHODS:
+        return [[item] for item in todo]
+    from cotprune.core.engine import plan_batches
+
+    plan = plan_batches([len(x.input_ids) for _, x in todo], opts.batch_tokens)
+    return [[todo[b] for b in sorted(batch)] for batch in plan]
+
+
+def deletion_orders(rows: list[dict], layouts: list[Layout], ctx: PruneContext,
+                    ) -> list[tuple[list[int], Trajectory | None]]:
+    """(deletion order, greedy trajectory or None) of each chain of one group."""
+    opts, tokenizer = ctx.opts, ctx.tokenizer
+    protected = [protected_positions(tokenizer, x.cot_ids, opts.protect_pattern) for x in layouts]
+    if opts.method == "greedy":
+        return [(t.order, t) for t in (greedy_trajectory(r, x, p, ctx) for r, x, p in
+                                       zip(rows, layouts, protected, strict=True))]
+    if opts.method == "random":
+        return [(random_order(len(x.cot_ids), opts.seed, r["id"], p), None)
+                for r, x, p in zip(rows, layouts, protected, strict=True)]
+    if opts.method == "predicted":
+        return [(ctx.predictor.order(ctx.model, tokenizer, x, p,
+                                     repredict_every=opts.repredict_every), None)
+                for x, p in zip(layouts, protected, strict=True)]
+    scores = [column_scores(opts.method, r, x) for r, x in zip(rows, layouts, strict=True)]
+    missing = [k for k, s in enumerate(scores) if s is None]
+    if missing:
+        computed = static_scores(opts.method, ctx.model, tokenizer,
+                                 [layouts[k] for k in missing], opts, ctx.scorer)
+        for k, s in zip(missing, computed, strict=True):
+            scores[k] = s
+    return [(order_by_scores(s, p), None) for s, p in zip(scores, protected, strict=True)]
+
+
+def greedy_trajectory(row: dict, layout: Layout, protected: frozenset,
+                      ctx: PruneContext) -> Trajectory:
+    """Greedy deletion of one chain, checkpointed after every step (continued on --resume)."""
+    n = len(layout.cot_ids)
+    checkpoint = GreedyCheckpoint(ctx.output, row["id"])
+    return greedy_prune(
+        ctx.scorer, layout.input_ids[:layout.cot_start], layout.cot_ids,
+        layout.input_ids[layout.answer_start:], n - kept_count(min(ctx.opts.keep), n),
+        protected=protected, opts=ctx.opts.greedy,
+        start=checkpoint.load() if ctx.resume else None, on_step=checkpoint.save)

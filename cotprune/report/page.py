@@ -11,6 +11,7 @@ leaves no output behind.
 from __future__ import annotations
 
 import html
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cotprune.console import log
-from cotprune.data.files import read_manifest, read_table, require_columns
+from cotprune.data.files import read_manifest, read_table, require_columns, umask_mode
 from cotprune.errors import InputError
 from cotprune.report.plots import (
     CSS,
@@ -353,8 +354,10 @@ class Run:
 
 
 def _first(manifest: dict, *keys: str) -> str:
+    """The first of `keys` the manifest sets, at its top or among the stage's options."""
+    options = manifest.get("options") if isinstance(manifest.get("options"), dict) else {}
     for k in keys:
-        v = manifest.get(k)
+        v = manifest.get(k, options.get(k))
         if v not in (None, ""):
             return str(v)
     return ""
@@ -468,6 +471,7 @@ def write_report(paths: list[Path], opts: ReportOptions) -> dict:
     out = Path(opts.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes it 0700; the report is for others too
     try:
         for png in pngs:
             (tmp / png.name).write_bytes(png.data)

@@ -26,7 +26,13 @@ import torch
 
 from cotprune.console import log
 from cotprune.core.models import ModelOptions
-from cotprune.data.files import make_manifest, read_table, validate_chains
+from cotprune.core.stage import run_manifest
+from cotprune.data.files import (
+    check_resumable,
+    read_table,
+    validate_chains,
+    write_text_atomic,
+)
 from cotprune.errors import InputError
 from cotprune.rl import rewards as R
 from cotprune.rl.response_significance import ResponseSignificance, parse_significance, score_counts
@@ -363,6 +369,19 @@ class Trainer:
                 if ln.strip() and json.loads(ln)["step"] <= self.step]
         path.write_text("".join(ln + "\n" for ln in keep))
 
+    def manifest(self) -> dict:
+        """The stages' manifest; `options` leaves out what a resumed run may change: the
+        output, --resume itself, --save-every and --max-steps (a resume may train longer)."""
+        o = self.opts
+        options = {k: v for k, v in asdict(o).items()
+                   if k not in ("output", "resume", "save_every", "max_steps")}
+        manifest = run_manifest("rl", [o.prompts], self.model_opts, model=self.pair.policy,
+                                tokenizer=self.tokenizer, seed=o.seed,
+                                options={**options, "update": asdict(self.cfg)})
+        return {**manifest, "world_size": self.world,
+                "peak_memory": "cuda max allocated" if self.device.type == "cuda"
+                else "process max RSS"}
+
     def save_final(self, manifest: dict) -> None:
         if self.rank != 0:
             return
@@ -372,21 +391,22 @@ class Trainer:
         self.tokenizer.save_pretrained(tmp)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
-        (self.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        write_text_atomic(self.out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
 
     # --- the loop ----------------------------------------------------------------------------
 
     def train(self) -> dict:
         o = self.opts
+        manifest = self.manifest()
+        if o.resume and (self.out / "manifest.json").exists():
+            check_resumable(json.loads((self.out / "manifest.json").read_text()), manifest,
+                            str(self.out))
         self.out.mkdir(parents=True, exist_ok=True)
         if o.resume:
             self.load_checkpoint()
             self.trim_metrics()
-        manifest = make_manifest("rl", model=self.model_opts.model, options=asdict(o),
-                                 update=asdict(self.cfg), world_size=self.world,
-                                 dtype=str(next(self.pair.policy.parameters()).dtype),
-                                 peak_memory="cuda max allocated" if self.device.type == "cuda"
-                                 else "process max RSS")
+        if self.rank == 0:  # written first, so that a --resume can be checked against it
+            write_text_atomic(self.out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
         last = {}
         while self.step < o.max_steps:
             last = self.run_step()

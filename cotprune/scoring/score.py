@@ -25,11 +25,11 @@ import torch
 
 from cotprune.console import Progress, log
 from cotprune.core.engine import check_objective, decoder_and_head, forward_hidden, logprob_entropy
+from cotprune.core.stage import RunOptions, open_stage
 from cotprune.data.layout import Layout
 from cotprune.errors import InputError
 
 SCORER_NAMES = ("surprisal", "entropy", "attention", "loo", "significance")
-DEFAULT_SCORERS = "surprisal,entropy,attention"
 DEFAULT_BATCH_TOKENS = 8192
 
 
@@ -43,7 +43,6 @@ class ScoreOptions:
     max_length: int | None = None
     strict: bool = False
     significance_model: str | None = None
-    limit: int | None = None
 
     def __post_init__(self) -> None:
         self.scorers = list(dict.fromkeys(self.scorers))  # duplicates once, order kept
@@ -224,45 +223,34 @@ def lay_out_rows(rows: list[dict], tokenizer, limit: int | None, *, strict: bool
     return layouts, skipped
 
 
-def run_score(chains: str | Path, out: str | Path, opts: ScoreOptions, model_opts, *,
-              shard_spec: str | None = None, resume: bool = False, seed: int = 0) -> dict:
+def score_options(opts: ScoreOptions) -> dict:
+    """The options that change what `score` writes (batching does not), for the manifest."""
+    return {"scorers": opts.scorers, "objective": opts.objective, "max_length": opts.max_length,
+            "strict": opts.strict, "significance_model": opts.significance_model}
+
+
+def run_score(chains: str | Path, out: str | Path, opts: ScoreOptions, model_opts,
+              run: RunOptions | None = None) -> dict:
     """The `score` stage; returns the summary dict (chains, skipped, tokens, seconds, rate)."""
-    from cotprune.core.models import load_model
-    from cotprune.data.files import Shard, StageOutput, make_manifest, read_table, validate_chains
+    from cotprune.core.engine import plan_batches
+    from cotprune.data.files import validate_chains
     from cotprune.data.layout import token_texts
 
-    shard = Shard.parse(shard_spec)
-    table = read_table(chains)
-    validate_chains(table, str(chains))
-    if opts.limit is not None:
-        table = table.slice(0, opts.limit)
-    torch.manual_seed(seed)
-    model, tokenizer = load_model(model_opts)
-    if "attention" in opts.scorers:
-        from cotprune.core.attention import attention_modules
-
-        attention_modules(model)  # an unsupported architecture fails before any output exists
+    run = run or RunOptions()
+    stage = open_stage("score", chains, out, model_opts, run, validate=validate_chains,
+                       output_schema=lambda schema: output_schema(schema, opts.scorers),
+                       options=score_options(opts), check_model=_scorer_check(opts))
+    model, tokenizer, rows = stage.model, stage.tokenizer, stage.rows
     significance = None
     if "significance" in opts.scorers:
         from cotprune.scoring.significance_model import SignificanceModel
 
         significance = SignificanceModel(opts.significance_model, next(model.parameters()).device,
                                          trust_remote_code=model_opts.trust_remote_code)
-    indices = list(shard.rows(table.num_rows))
-    rows = table.slice(indices[0], len(indices)).to_pylist() if indices else []
     layouts, skipped = lay_out_rows(rows, tokenizer, context_limit(model, opts.max_length),
                                     strict=opts.strict, file=str(chains))
-
-    manifest = make_manifest("score", model=model_opts.model, adapter=model_opts.adapter,
-                             tokenizer=getattr(tokenizer, "name_or_path", None),
-                             dtype=str(next(model.parameters()).dtype), seed=seed,
-                             scorers=opts.scorers, objective=opts.objective)
-    output = StageOutput(out, output_schema(table.schema, opts.scorers), manifest,
-                         shard=shard, resume=resume)
-    done = output.done_ids
+    done = stage.output.done_ids
     todo = [k for k, x in enumerate(layouts) if x is not None and rows[k]["id"] not in done]
-    from cotprune.core.engine import plan_batches
-
     batches = plan_batches([len(layouts[k].input_ids) for k in todo], opts.batch_tokens)
     with Progress(len(todo), "score") as progress:
         for batch in batches:
@@ -275,11 +263,21 @@ def run_score(chains: str | Path, out: str | Path, opts: ScoreOptions, model_opt
                 x = layouts[k]
                 written.append({**rows[k], **x.as_columns(),
                                 "cot_tokens": token_texts(tokenizer, x.cot_ids), **scores})
-            output.write(written, [indices[k] for k in ks])
+            stage.write(written, ks)
             progress.advance(len(ks), sum(len(layouts[k].input_ids) for k in ks))
-    count = output.finish()
+    count = stage.output.finish()
     seconds = progress.seconds
     return {"command": "score", "chains": count, "skipped": skipped, "tokens": progress.tokens,
             "seconds": round(seconds, 3),
             "tokens_per_second": round(progress.tokens / seconds, 1) if seconds > 0 else 0.0,
-            "output": str(output.target)}
+            "output": str(stage.output.target)}
+
+
+def _scorer_check(opts: ScoreOptions):
+    """A check of the loaded model for the scorers asked for: `attention` needs an
+    architecture whose attention it can read, and must fail before any output exists."""
+    if "attention" not in opts.scorers:
+        return None
+    from cotprune.core.attention import attention_modules
+
+    return attention_modules

@@ -29,7 +29,13 @@ from pathlib import Path
 
 from cotprune.console import log
 from cotprune.core.models import ModelOptions
-from cotprune.data.files import make_manifest, read_table, validate_chains
+from cotprune.core.stage import run_manifest
+from cotprune.data.files import (
+    check_resumable,
+    read_table,
+    validate_chains,
+    write_text_atomic,
+)
 from cotprune.errors import InputError
 
 METRICS = "metrics.jsonl"
@@ -95,11 +101,14 @@ class DistillOptions:
             if not ok:
                 raise InputError(message)
 
-    def fingerprint(self) -> str:
+    def resume_options(self) -> dict:
         """What must match for `--resume` to continue a run (not resume/save settings)."""
-        keep = {k: v for k, v in asdict(self).items()
+        return {k: v for k, v in asdict(self).items()
                 if k not in ("resume", "save_every", "keep_checkpoints")}
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.resume_options(),
+                                         sort_keys=True).encode()).hexdigest()[:16]
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -217,14 +226,23 @@ def check_outdir(outdir: Path, resume: bool) -> None:
                          "a new directory", file=str(outdir))
 
 
-def write_manifest(outdir: Path, model_opts: ModelOptions, opts: DistillOptions,
-                   extra: dict) -> None:
-    manifest = make_manifest("distill", model=model_opts.model, dtype=model_opts.dtype,
-                             seed=opts.seed, options=asdict(opts),
-                             ratio_conditioned=opts.ratio_conditioned, full=opts.full, **extra)
-    tmp = outdir / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, default=str))
-    os.replace(tmp, outdir / MANIFEST)
+def distill_manifest(pruned: Path, model_opts: ModelOptions, model, tokenizer,
+                     opts: DistillOptions) -> dict:
+    """The stages' manifest (`core.stage.run_manifest`), with what `eval` reads of a student."""
+    manifest = run_manifest("distill", [pruned], model_opts, model=model, tokenizer=tokenizer,
+                            seed=opts.seed, options=opts.resume_options())
+    return {**manifest, "ratio_conditioned": opts.ratio_conditioned, "full": opts.full}
+
+
+def check_resume(outdir: Path, manifest: dict) -> None:
+    """`--resume` continues only the run OUTDIR holds: same data, model and options."""
+    path = outdir / MANIFEST
+    if path.exists():
+        check_resumable(json.loads(path.read_text()), manifest, str(outdir))
+
+
+def write_manifest(outdir: Path, manifest: dict, extra: dict) -> None:
+    write_text_atomic(outdir / MANIFEST, json.dumps({**manifest, **extra}, indent=2, default=str))
 
 
 def prune_checkpoints(ckpt_root: Path, keep: int) -> None:
@@ -406,6 +424,9 @@ def run_distill(pruned: Path, outdir: Path, model_opts: ModelOptions,
     check_outdir(outdir, opts.resume)
     torch.manual_seed(opts.seed)
     model, tokenizer, autocast = load_student(model_opts, opts, d)
+    manifest = distill_manifest(Path(pruned), model_opts, model, tokenizer, opts)
+    if opts.resume:
+        check_resume(outdir, manifest)
     device = next(model.parameters()).device
     examples, skipped = load_examples(Path(pruned), tokenizer, opts)
     attn = getattr(model.config, "_attn_implementation", "") or ""
@@ -431,7 +452,7 @@ def run_distill(pruned: Path, outdir: Path, model_opts: ModelOptions,
     if d.main:
         outdir.mkdir(parents=True, exist_ok=True)
         truncate_metrics(outdir / METRICS, start)
-        write_manifest(outdir, model_opts, opts, {"status": "running", "steps": total})
+        write_manifest(outdir, manifest, {"status": "running", "steps": total})
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     log.info("distill: %d examples, %d steps, %s micro-batches, %d process(es), %s",
              len(examples), total, "packed" if packed else "length-grouped", d.world,
@@ -482,7 +503,7 @@ def run_distill(pruned: Path, outdir: Path, model_opts: ModelOptions,
                "final_loss": last_loss, "processes": d.world, "output": str(outdir)}
     if d.main:
         save_final(outdir, model, tokenizer)
-        write_manifest(outdir, model_opts, opts,
+        write_manifest(outdir, manifest,
                        {"status": "done", **{k: v for k, v in summary.items() if k != "command"}})
     if d.world > 1:
         import torch.distributed as dist

@@ -20,14 +20,8 @@ import pyarrow as pa
 
 from cotprune.console import Progress, log
 from cotprune.core.models import ModelOptions
-from cotprune.data.files import (
-    Shard,
-    StageOutput,
-    extend_schema,
-    make_manifest,
-    read_table,
-    validate_chains,
-)
+from cotprune.core.stage import RunOptions, open_stage
+from cotprune.data.files import extend_schema, read_table, validate_chains
 from cotprune.data.layout import ANSWER_PREFIX
 from cotprune.errors import InputError
 from cotprune.training.generate_chains import generate_in_batches
@@ -49,9 +43,6 @@ class EvalOptions:
     keep_ratio: float | None = None
     answer_marker: str = ANSWER_PREFIX
     batch_tokens: int = 16384
-    limit: int | None = None
-    resume: bool = False
-    shard: str | None = None
 
     def __post_init__(self) -> None:
         if self.keep_ratio is not None and not 0 < self.keep_ratio <= 1:
@@ -101,32 +92,36 @@ def check_adapter_dir(adapter: str | None, keep_ratio: float | None) -> None:
                         "changes its prompt", adapter)
 
 
-def run_eval(bench: Path, output: Path, model_opts: ModelOptions, opts: EvalOptions) -> dict:
-    """The `eval` stage; returns its summary (computed from the whole output, resumed or not)."""
-    from cotprune.core.models import load_model
+def eval_options(opts: EvalOptions) -> dict:
+    """What changes the rows `eval` writes (--batch-tokens too: sampled batches are seeded)."""
+    from cotprune.core.stage import plain
 
+    return {**plain(opts.sampling), "keep_ratio": opts.keep_ratio,
+            "answer_marker": opts.answer_marker, "batch_tokens": opts.batch_tokens}
+
+
+def run_eval(bench: Path, output: Path, model_opts: ModelOptions, opts: EvalOptions,
+             run: RunOptions | None = None) -> dict:
+    """The `eval` stage; returns its summary (computed from the whole output, resumed or not)."""
+    run = run or RunOptions(seed=opts.sampling.seed)
     check_adapter_dir(model_opts.adapter, opts.keep_ratio)
-    table = read_table(bench)
-    ref_col = reference_column(table)
-    validate_chains(table, str(bench), need=["id", "question", ref_col])
-    if opts.limit is not None:
-        table = table.slice(0, opts.limit)
-    shard = Shard.parse(opts.shard)
-    span = shard.rows(table.num_rows)
-    rows = table.slice(span.start, len(span)).to_pylist()
-    schema = extend_schema(table.schema, EVAL_FIELDS)
-    manifest = make_manifest("eval", model=model_opts.model, adapter=model_opts.adapter,
-                             dtype=model_opts.dtype, keep_ratio=opts.keep_ratio,
-                             max_new_tokens=opts.sampling.max_new_tokens,
-                             temperature=opts.sampling.temperature, seed=opts.sampling.seed)
-    stage = StageOutput(output, schema, manifest, shard=shard, resume=opts.resume)
-    done = stage.done_ids
-    model, tokenizer = load_model(model_opts, merge_adapter=True)
+    ref_col = None
+
+    def validate(table: pa.Table, file: str) -> None:
+        nonlocal ref_col
+        ref_col = reference_column(table)
+        validate_chains(table, file, need=["id", "question", ref_col])
+
+    stage = open_stage("eval", bench, output, model_opts, run, validate=validate,
+                       output_schema=lambda s: extend_schema(s, EVAL_FIELDS),
+                       options=eval_options(opts), merge_adapter=True)
+    rows = stage.rows
+    done = stage.output.done_ids
     questions = [ratio_question(r["question"], opts.keep_ratio) for r in rows]
     with Progress(len(rows), "eval") as progress:
         progress.advance(len(done))
         for batch, responses in generate_in_batches(
-                model, tokenizer, questions, opts.sampling, opts.batch_tokens,
+                stage.model, stage.tokenizer, questions, opts.sampling, opts.batch_tokens,
                 skip_batch=lambda b: any(rows[i]["id"] in done for i in b)):
             out = []
             for i, (resp,) in zip(batch, responses, strict=True):
@@ -135,12 +130,12 @@ def run_eval(bench: Path, output: Path, model_opts: ModelOptions, opts: EvalOpti
                             "correct": is_correct(prediction, rows[i][ref_col]),
                             "generated_tokens": resp.generated_tokens,
                             "truncated": resp.truncated})
-            stage.write(out, [span[i] for i in batch])
+            stage.write(out, batch)
             progress.advance(len(batch), sum(g[0].generated_tokens for g in responses))
-    stage.finish()
-    result = read_table(stage.target, columns=["correct", "generated_tokens", "truncated"])
+    stage.output.finish()
+    result = read_table(stage.output.target, columns=["correct", "generated_tokens", "truncated"])
     summary = summarise(result.column("correct").to_pylist(),
                         result.column("generated_tokens").to_pylist(),
                         result.column("truncated").to_pylist())
     return {"command": "eval", **summary, "keep_ratio": opts.keep_ratio,
-            "output": str(stage.target)}
+            "output": str(stage.output.target)}

@@ -22,12 +22,11 @@ import pyarrow as pa
 
 from cotprune.console import Progress, log
 from cotprune.core.models import ModelOptions
+from cotprune.core.stage import RunOptions, open_stage
 from cotprune.data.files import (
     CHAIN_FIELDS,
-    Shard,
     StageOutput,
     extend_schema,
-    make_manifest,
     read_table,
     validate_chains,
 )
@@ -61,9 +60,6 @@ class GenerateOptions:
     keep_correct: bool = False
     answer_marker: str = ANSWER_PREFIX
     batch_tokens: int = 16384
-    limit: int | None = None
-    resume: bool = False
-    shard: str | None = None
 
     def __post_init__(self) -> None:
         if not self.answer_marker:
@@ -120,59 +116,50 @@ def chain_rows(row: dict, responses: list[Response], opts: GenerateOptions) -> l
     return out
 
 
-def _read_questions(path: Path, opts: GenerateOptions) -> pa.Table:
-    table = read_table(path)
-    need = ["id", "question"] + (["reference"] if opts.keep_correct else [])
-    validate_chains(table, str(path), need=need)
-    if opts.limit is not None:
-        table = table.slice(0, opts.limit)
-    return table
+def generate_options(opts: GenerateOptions) -> dict:
+    """What changes the rows `generate` writes; --batch-tokens too, since each batch of the plan
+    draws its own seeded samples."""
+    from cotprune.core.stage import plain
+
+    return {**plain(opts.sampling), "keep_correct": opts.keep_correct,
+            "answer_marker": opts.answer_marker, "batch_tokens": opts.batch_tokens}
 
 
 def run_generate(questions_path: Path, output: Path, model_opts: ModelOptions,
-                 opts: GenerateOptions) -> dict:
+                 opts: GenerateOptions, run: RunOptions | None = None) -> dict:
     """The `generate` stage; returns its summary."""
-    from cotprune.core.models import load_model
-
-    table = _read_questions(Path(questions_path), opts)
-    shard = Shard.parse(opts.shard)
-    span = shard.rows(table.num_rows)
-    rows = table.slice(span.start, len(span)).to_pylist()
-    schema = extend_schema(table.schema, [*CHAIN_FIELDS[1:], *GENERATED_FIELDS])
-    manifest = make_manifest("generate", model=model_opts.model, adapter=model_opts.adapter,
-                             dtype=model_opts.dtype, seed=opts.sampling.seed,
-                             samples=opts.sampling.samples,
-                             temperature=opts.sampling.temperature, top_p=opts.sampling.top_p,
-                             max_new_tokens=opts.sampling.max_new_tokens,
-                             keep_correct=opts.keep_correct)
-    stage = StageOutput(output, schema, manifest, shard=shard, resume=opts.resume)
-    done = _done_questions(stage, rows, opts)
-    model, tokenizer = load_model(model_opts, merge_adapter=True)
-    counts = {"questions": len(rows), "samples": 0, "kept": 0, "truncated": 0, "correct": 0}
+    run = run or RunOptions(seed=opts.sampling.seed)
+    need = ["id", "question"] + (["reference"] if opts.keep_correct else [])
+    stage = open_stage(
+        "generate", questions_path, output, model_opts, run,
+        validate=lambda table, file: validate_chains(table, file, need=need),
+        output_schema=lambda s: extend_schema(s, [*CHAIN_FIELDS[1:], *GENERATED_FIELDS]),
+        options=generate_options(opts), merge_adapter=True)
+    rows, out_stage = stage.rows, stage.output
+    done = _done_questions(out_stage, rows, opts)
+    new_samples = new_truncated = 0
     with Progress(len(rows), "generate") as progress:
         progress.advance(sum(1 for r in rows if r["id"] in done))
         for batch, responses in generate_in_batches(
-                model, tokenizer, [r["question"] for r in rows], opts.sampling,
+                stage.model, stage.tokenizer, [r["question"] for r in rows], opts.sampling,
                 opts.batch_tokens, skip_batch=lambda b: any(rows[i]["id"] in done for i in b)):
-            out, order = [], []
+            out, local = [], []
             for i, group in zip(batch, responses, strict=True):
                 chains = chain_rows(rows[i], group, opts)
                 out += chains
-                order += [span[i]] * len(chains)
-                counts["samples"] += len(group)
-                counts["truncated"] += sum(r.truncated for r in group)
-                counts["kept"] += len(chains)
-            stage.write(out, order)
-            with open(stage.state_path(DONE_QUESTIONS), "a") as f:
-                f.writelines(rows[i]["id"] + "\n" for i in batch)
+                local += [i] * len(chains)
+                new_samples += len(group)
+                new_truncated += sum(r.truncated for r in group)
+            stage.write(out, local)
+            out_stage.append_state(DONE_QUESTIONS, (rows[i]["id"] for i in batch))
             progress.advance(len(batch), sum(r.generated_tokens for g in responses for r in g))
-    n = stage.finish()
-    result = read_table(stage.target, columns=["correct", "truncated"])
+    n = out_stage.finish()
+    result = read_table(out_stage.target, columns=["correct", "truncated"])
     correct = [c for c in result.column("correct").to_pylist() if c is not None]
     summary = {"command": "generate", "questions": len(rows), "rows": n,
-               "new_samples": counts["samples"], "new_truncated": counts["truncated"],
+               "new_samples": new_samples, "new_truncated": new_truncated,
                "correct_rows": sum(correct), "graded_rows": len(correct),
-               "output": str(stage.target)}
+               "output": str(out_stage.target)}
     if opts.keep_correct:
         summary["dropped_questions"] = len(rows) - n
     log.info("generate: %d rows from %d questions", n, len(rows))
