@@ -20,14 +20,14 @@ $(BIN)/cotprune: pyproject.toml
 	touch $(BIN)/cotprune
 
 test: install
-	$(BIN)/ruff check cotprune tests bench
+	$(BIN)/ruff check cotprune tests bench experiments
 	$(BIN)/python -m pytest -q
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
-	$(BIN)/ruff check cotprune tests bench
+	$(BIN)/ruff check cotprune tests bench experiments
 
 demo: install
 	bash scripts/demo.sh
