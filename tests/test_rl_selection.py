@@ -69,7 +69,7 @@ def test_rpc_masks_are_prefixes_with_cut_floor():
     g = torch.Generator().manual_seed(0)
     for _ in range(200):
         mask, w = nat_rpc([10, 4], 0.5, g)
-        for row, length in zip(mask, [10, 4]):
+        for row, length in zip(mask, [10, 4], strict=True):
             c = int(row.sum())
             assert row[:c].all() and not row[c:].any()
             assert math.ceil(0.5 * length) <= c <= length
