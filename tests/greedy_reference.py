@@ -33,7 +33,8 @@ def reference_greedy(model, prompt, cot, answer, deletions, objective):
         # deleting either of two equal neighbours gives one sequence: one J, so the tie goes to
         # the lower index (two forwards of it could differ in the last float bit)
         unique = list(dict.fromkeys(map(tuple, seqs)))
-        j_of = dict(zip(unique, full_objectives(model, [list(u) for u in unique], start)))
+        j_of = dict(zip(unique, full_objectives(model, [list(u) for u in unique], start),
+                        strict=True))
         js = [j_of[tuple(seq)] for seq in seqs]
         best = min(range(len(js)), key=lambda k: (js[k], k))
         order.append(positions.pop(best))

@@ -39,7 +39,7 @@ def test_attention_rows_match_eager_in_a_padded_batch(which, request):
     layouts = [cl.layout(f"What is {i} + {i}?", "We add them. " * (i + 1) + f"It is {2 * i}.",
                          str(2 * i)) for i in range(3)]
     rows = attention_rows(model, layouts, tok.pad_token_id, later_cot=True)
-    for layout, got in zip(layouts, rows, strict=False):
+    for layout, got in zip(layouts, rows, strict=True):
         answer, later = eager_reference(path, layout)
         assert got.answer.shape == answer.shape == (2, layout.cot_end - layout.cot_start)
         assert torch.allclose(got.answer.double(), answer, atol=1e-6)

@@ -1,4 +1,5 @@
 import json
+from itertools import pairwise
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -137,8 +138,8 @@ def test_synth_options_size_the_task(tmp_path):
     for row in rows:
         trail = _trail(row["cot"])
         assert 2 <= len(trail) - 1 <= 3 and 3 <= trail[0] <= 20
-        assert all(abs(b - a) <= max(9, a) for a, b in zip(trail, trail[1:]))
-        assert all(b <= a + 9 for a, b in zip(trail, trail[1:]))
+        assert all(abs(b - a) <= max(9, a) for a, b in pairwise(trail))
+        assert all(b <= a + 9 for a, b in pairwise(trail))
         assert trail[-1] == int(row["answer"]) and "*" not in row["cot"]
         assert "Step " not in row["cot"]  # the brief style
         equations = re.findall(r"(\d+) ([+-]) (\d+) = (\d+)", row["cot"])

@@ -156,7 +156,7 @@ def test_attention_equals_eager_attention_averaged_by_hand(tiny_qwen_model):
                  tok("12 / 2 = 6.", add_special_tokens=False)["input_ids"]]
     got = response_attention(_model(tiny_qwen_model), prompts, responses, 0, batch_tokens=4096)
     eager = _model(tiny_qwen_model, attn_implementation="eager")
-    for prompt, response, scores in zip(prompts, responses, got):
+    for prompt, response, scores in zip(prompts, responses, got, strict=True):
         ids = torch.tensor([prompt + response])
         with torch.no_grad():
             att = eager(input_ids=ids, output_attentions=True).attentions  # [1, heads, n, n] each
@@ -167,7 +167,7 @@ def test_attention_equals_eager_attention_averaged_by_hand(tiny_qwen_model):
                       for q in range(t + 1, end)]
             expected.append(sum(values) / len(values) if values else 0.0)
         assert len(scores) == len(response)
-        assert max(abs(a - b) for a, b in zip(scores, expected)) < 1e-5
+        assert max(abs(a - b) for a, b in zip(scores, expected, strict=True)) < 1e-5
 
 
 def test_classifier_counts_equal_a_direct_significance_model_call(gpt2_setup, tiny_gpt2_model,
@@ -178,7 +178,7 @@ def test_classifier_counts_equal_a_direct_significance_model_call(gpt2_setup, ti
     scorer = _scorer(SignificanceSpec("model", str(classifier_dir)), tiny_gpt2_model, gpt2_setup)
     direct = SignificanceModel(str(classifier_dir), torch.device("cpu"))
     got = scorer.counts(model, prompts, responses, 0.5)
-    for response, counts in zip(responses, got):
+    for response, counts in zip(responses, got, strict=True):
         content = response[:-1] if response[-1] in stop else response
         scores = direct.token_scores(tok, [decode(tok, content)], [content])[0]
         if len(content) < len(response):  # the stop token gets the response's highest score

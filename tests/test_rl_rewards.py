@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
+from rl_reference import reference_objective
 
 from cotprune.errors import InputError
 from cotprune.rl import rewards as R
-from cotprune.rl.loss import aggregate, kl_k3, ppo_clip_term, token_coefficients
+from cotprune.rl.loss import kl_k3, ppo_clip_term, token_coefficients
 
 
 def sig(x):
@@ -126,22 +127,25 @@ def test_ppo_clip_term_and_kl():
     assert with_kl.item() == pytest.approx(1.2 - 0.1 * (1 / 1.5 + math.log(1.5) - 1))
 
 
+def _coefficient_objective(terms, weights, lengths, loss_type, **step):
+    """The product's form (rl/update.py): sum_i c_i sum_t w_it l_it."""
+    coef = token_coefficients(lengths, loss_type, max_new_tokens=4, **step)
+    return float((coef * (terms * weights).double().sum(dim=1)).sum())
+
+
 def test_three_loss_aggregations_by_hand():
     terms = torch.tensor([[1.0, 2.0, 0.0], [3.0, 4.0, 5.0]])
     weights = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
     lengths = [2, 3]
-    assert aggregate(terms, weights, lengths, "grpo", max_new_tokens=4).item() == \
-        pytest.approx((3 / 2 + 12 / 3) / 2)
-    assert aggregate(terms, weights, lengths, "dapo", max_new_tokens=4).item() == \
-        pytest.approx(15 / 5)
-    assert aggregate(terms, weights, lengths, "dr_grpo", max_new_tokens=4).item() == \
-        pytest.approx(15 / 8)
-    # split across two "micro-batches" with the step's denominators: same total
-    for lt in ("grpo", "dapo", "dr_grpo"):
-        whole = aggregate(terms, weights, lengths, lt, max_new_tokens=4)
-        parts = sum(aggregate(terms[i:i + 1], weights[i:i + 1], lengths[i:i + 1], lt,
-                              max_new_tokens=4, num_responses=2, total_tokens=5)
+    by_hand = {"grpo": (3 / 2 + 12 / 3) / 2, "dapo": 15 / 5, "dr_grpo": 15 / 8}
+    for lt, value in by_hand.items():
+        assert reference_objective(terms, weights, lengths, lt, max_new_tokens=4) == \
+            pytest.approx(value), lt
+        assert _coefficient_objective(terms, weights, lengths, lt) == pytest.approx(value), lt
+        # split across two "micro-batches" with the step's denominators: same total
+        parts = sum(_coefficient_objective(terms[i:i + 1], weights[i:i + 1], lengths[i:i + 1],
+                                           lt, num_responses=2, total_tokens=5)
                     for i in range(2))
-        assert parts.item() == pytest.approx(whole.item())
+        assert parts == pytest.approx(value), lt
     with pytest.raises(InputError):
         token_coefficients([1], "bogus", max_new_tokens=4)

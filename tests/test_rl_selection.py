@@ -8,8 +8,8 @@ import os
 
 import pytest
 import torch
+from rl_reference import reference_objective
 
-from cotprune.rl.loss import aggregate
 from cotprune.rl.selection import (
     entropy_mask,
     entropy_topk_mask,
@@ -44,11 +44,11 @@ def test_horvitz_thompson_is_unbiased(method):
     assert not (mask & ~valid.repeat(reps, 1)).any()
     assert 0.3 < mask.sum().item() / (sum(LENGTHS) * reps) < 0.7  # really a subset
     for loss_type in ("grpo", "dapo", "dr_grpo"):
-        full = aggregate(terms, valid.float(), LENGTHS, loss_type, max_new_tokens=32).item()
-        est = aggregate(terms.repeat(reps, 1), w, big, loss_type, max_new_tokens=32,
-                        num_responses=len(LENGTHS), total_tokens=sum(LENGTHS)).item() / reps
+        full = reference_objective(terms, valid.float(), LENGTHS, loss_type, max_new_tokens=32)
+        est = reference_objective(terms.repeat(reps, 1), w, big, loss_type, max_new_tokens=32,
+                                  num_responses=len(LENGTHS), total_tokens=sum(LENGTHS)) / reps
         assert est == pytest.approx(full, rel=0.02), loss_type
-        one = aggregate(terms, w[:4], LENGTHS, loss_type, max_new_tokens=32).item()
+        one = reference_objective(terms, w[:4], LENGTHS, loss_type, max_new_tokens=32)
         assert one != pytest.approx(full, rel=1e-3)  # a single draw is not the full loss
 
 
@@ -69,7 +69,7 @@ def test_rpc_masks_are_prefixes_with_cut_floor():
     g = torch.Generator().manual_seed(0)
     for _ in range(200):
         mask, w = nat_rpc([10, 4], 0.5, g)
-        for row, length in zip(mask, [10, 4]):
+        for row, length in zip(mask, [10, 4], strict=True):
             c = int(row.sum())
             assert row[:c].all() and not row[c:].any()
             assert math.ceil(0.5 * length) <= c <= length

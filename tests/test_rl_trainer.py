@@ -95,7 +95,8 @@ def test_full_token_update_matches_plain_reference(tiny_qwen_model, loss_type):
     (-plain).backward()
     assert stats["objective"] == pytest.approx(plain.item(), rel=1e-5, abs=1e-7)
     assert stats["tokens_trained"] == 24
-    for g, p in zip(ours, params):  # float32 sums in another order: ~1e-5 relative error
+    # float32 sums in another order: ~1e-5 relative error
+    for g, p in zip(ours, params, strict=True):
         assert (g - p.grad).norm() <= 1e-4 * p.grad.norm()
 
 
@@ -122,8 +123,8 @@ def test_rpc_training_forward_is_really_shorter(tiny_qwen_model):
 
     cuts = rpc_cuts([40] * 4, 0.0, torch.Generator().manual_seed(3)).tolist()
     assert tokens["all"] == 20 + 160
-    assert tokens["nat-rpc"] == 20 - sum(len(s.prompt_ids) for s, c in zip(samples, cuts)
-                                         if c == 0) + sum(cuts)
+    dropped = sum(len(s.prompt_ids) for s, c in zip(samples, cuts, strict=True) if c == 0)
+    assert tokens["nat-rpc"] == 20 - dropped + sum(cuts)
     assert tokens["nat-rpc"] < tokens["all"]
 
 
@@ -178,7 +179,7 @@ def test_cli_resume_equals_uninterrupted(tiny_gpt2_model, tmp_path):
     assert code == 0, err
     b = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in b] == [1, 2]
-    for ma, mb in zip(a, b):
+    for ma, mb in zip(a, b, strict=True):
         for key in ("reward_mean", "mean_length", "objective", "tokens_trained"):
             assert ma[key] == pytest.approx(mb[key], rel=1e-5, abs=1e-6), key
     assert a[1]["reward_mean"] != a[0]["reward_mean"]  # the steps differ: a real comparison

@@ -52,7 +52,7 @@ def test_score_batch_matches_float64_and_eager_reference(which, request):
     layouts = [cl.layout(f"Q{i}: 3 * {i}?", "Three times. " * (i + 1) + f"So {3 * i}.", str(3 * i))
                for i in range(4)]
     batched = score_batch(model, tok, layouts, SCORERS)
-    for layout, got in zip(layouts, batched, strict=False):
+    for layout, got in zip(layouts, batched, strict=True):
         n = layout.cot_end - layout.cot_start
         assert all(len(got[s]) == n for s in SCORERS)
         assert_scores_close(got, reference_scores(path, layout))
@@ -130,7 +130,7 @@ def test_results_do_not_depend_on_batch_composition(small_chains, tmp_path, tiny
     assert score_cli(small_chains, one, tiny_gpt2_model, "--batch-tokens", "1")[0] == 0
     assert score_cli(small_chains, big, tiny_gpt2_model, "--batch-tokens", "100000")[0] == 0
     a, b = pq.read_table(one).to_pylist(), pq.read_table(big).to_pylist()
-    for x, y in zip(a, b, strict=False):
+    for x, y in zip(a, b, strict=True):
         assert x["input_ids"] == y["input_ids"]
         for s in SCORERS:
             assert x[s] == pytest.approx(y[s], rel=1e-5, abs=1e-5)
@@ -146,7 +146,7 @@ def test_two_shards_equal_one_process(small_chains, tmp_path, tiny_qwen_model):
         "part-00000-of-00002.parquet", "part-00001-of-00002.parquet"]
     a, b = read_table(single).to_pylist(), read_table(parts).to_pylist()
     assert [r["id"] for r in b] == [r["id"] for r in a]
-    for x, y in zip(a, b, strict=False):
+    for x, y in zip(a, b, strict=True):
         for s in SCORERS:
             assert x[s] == pytest.approx(y[s], rel=1e-5, abs=1e-5)
 

@@ -13,11 +13,15 @@ from cotprune.training.sft import (
     build_example,
     collate_packed,
     collate_padded,
-    loss_mask,
     lr_factor,
     micro_batch_nll,
     plan_epoch,
 )
+
+
+def loss_mask(example: Example) -> list[bool]:
+    """Reference: per position, does the loss include predicting this token? (CoT and answer.)"""
+    return [example.loss_start <= p < example.loss_end for p in range(len(example))]
 
 
 @pytest.mark.parametrize("tok", ["qwen_tokenizer", "gpt2_tokenizer"])

@@ -1,5 +1,7 @@
 """Significance: P(keep) of a token-classification model mapped onto the scorer's CoT tokens."""
 
+from itertools import pairwise
+
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -79,7 +81,7 @@ def test_word_probs_match_a_single_unchunked_call(tiny_classifier):
     sig = SignificanceModel(str(tiny_classifier), torch.device("cpu"))
     texts = ["First we add the numbers: 12 + 35 = 47.", "So the answer is 47!\n\nWhat then?"]
     got = sig.word_probs(texts)
-    for text, probs in zip(texts, got, strict=False):
+    for text, probs in zip(texts, got, strict=True):
         ref = reference_word_probs(tiny_classifier, text)
         assert probs == pytest.approx(ref, abs=1e-6)
         assert max(probs) - min(probs) > 1e-3
@@ -109,7 +111,7 @@ def test_token_scores_follow_character_offsets(tiny_classifier, gpt2_tokenizer, 
     slow = token_char_spans(type("T", (), {"decode": gpt2_tokenizer.decode})(), text,
                             gpt2_tokenizer(text)["input_ids"])
     assert slow[0][0] == 0 and slow[-1][1] == len(text)
-    assert all(a[1] == b[0] for a, b in zip(slow, slow[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in pairwise(slow))
 
 
 def test_pure_mapping_helpers():

@@ -60,12 +60,3 @@ def token_coefficients(lengths: Sequence[float] | torch.Tensor, loss_type: str, 
         return torch.full_like(lengths, 1.0 / (n * max_new_tokens))
     raise InputError(f"--loss-type must be one of {', '.join(LOSS_TYPES)}, got {loss_type!r}")
 
-
-def aggregate(terms: torch.Tensor, weights: torch.Tensor, lengths: Sequence[float],
-              loss_type: str, *, max_new_tokens: int, num_responses: int | None = None,
-              total_tokens: float | None = None) -> torch.Tensor:
-    """The objective (to maximise) of [B, T] `terms` with [B, T] `weights` (0 on padding)."""
-    coef = token_coefficients(lengths, loss_type, max_new_tokens=max_new_tokens,
-                              num_responses=num_responses, total_tokens=total_tokens)
-    per_response = (terms * weights).sum(dim=1)
-    return (per_response * coef.to(per_response)).sum()

@@ -54,11 +54,6 @@ def build_example(chain_layout: ChainLayout, question: str, cot: str, answer: st
     return Example(tuple(lay.input_ids), lay.cot_start, lay.answer_end)
 
 
-def loss_mask(example: Example) -> list[bool]:
-    """Per position: does the loss include predicting this token? (CoT and answer only.)"""
-    return [example.loss_start <= p < example.loss_end for p in range(len(example))]
-
-
 # --- data order ------------------------------------------------------------------------------
 
 def _fill(order: list[int], lengths: Sequence[int], budget: int, packed: bool) -> list[list[int]]:
