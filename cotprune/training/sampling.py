@@ -1,4 +1,5 @@
-"""Batched sampling with Hugging Face `generate`, and turning responses back into chains.
+"""Batched sampling (`decode`, a KV-cache loop; `hf_generate` is its reference), and turning
+responses back into chains.
 
 Prompts are laid out by `layout.ChainLayout.prompt_ids`, the same ids a chain's prompt has in
 training, so a student is asked exactly the way it was taught. Batches are left-padded (so every
