@@ -158,6 +158,18 @@ def deleted_index(before: list[int], after: list[int], cot_start: int) -> int | 
     return t - cot_start if before[t + 1:] == after[t:] else None
 
 
+def first_difference(before: list[int], after: list[int], cot_start: int) -> int | None:
+    """First CoT index d where `after` differs from `before` (both with the same prompt, `after`
+    the shorter), or None: every candidate k < d of `after` agrees with `before` without k up to
+    position cot_start + d - 1, so its kept row can go on from there."""
+    if len(after) >= len(before) or before[:cot_start] != after[:cot_start]:
+        return None
+    t = cot_start
+    while t < len(after) and before[t] == after[t]:
+        t += 1
+    return t - cot_start
+
+
 class DeletionScorer:
     """Scores single-token deletions of one chain with a causal LM (no gradients)."""
 
@@ -221,19 +233,29 @@ class DeletionScorer:
         return self._prompt_kv
 
     def _known(self, state: ChainState) -> tuple[ScoredRow | None, dict[int, ScoredRow], int]:
-        """(S's row if already scored, kept rows S_k that candidates k < d can continue, d)."""
+        """(S's row if already scored, kept rows S_k that candidates k < d can continue, d).
+
+        d is the first CoT index where S differs from the last call's chain. After one
+        deletion S is a scored row; after several (per_step > 1) S itself is run anew, but the
+        kept rows of candidates before the first deletion still continue from there."""
         chain, rows = self._chain, self._rows
         if chain is None:
             return None, {}, 0
         if chain.ids == state.ids:
             return chain, {}, 0
-        d = deleted_index(chain.ids, state.ids, len(state.prompt))
-        if d is None or d not in rows or rows[d].kv is None or not rows[d].finished:
-            return None, {}, 0
-        self._resolve([rows[d]])  # exact already when d won the last call; not if d lost
-        g = len(state.prompt) + d - 1  # where candidates k < d continue (_continued_jobs)
-        return rows[d], {k: row for k, row in rows.items()
-                         if k < d and row.kv is not None and row.scored_to >= g}, d
+        p = len(state.prompt)
+        d = deleted_index(chain.ids, state.ids, p)
+        if d is not None and d in rows and rows[d].kv is not None and rows[d].finished:
+            self._resolve([rows[d]])  # exact already when d won the last call; not if d lost
+            new_chain = rows[d]
+        else:
+            d = first_difference(chain.ids, state.ids, p)
+            if d is None:
+                return None, {}, 0
+            new_chain = None
+        g = p + d - 1  # where candidates k < d continue (_continued_jobs)
+        return new_chain, {k: row for k, row in rows.items()
+                           if k < d and row.kv is not None and row.scored_to >= g}, d
 
     def _continued_jobs(self, state: ChainState, kept: dict[int, ScoredRow], d: int,
                         keys: list[int]) -> list[Job]:
