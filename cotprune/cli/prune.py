@@ -52,7 +52,8 @@ def prune_cmd(
         "--max-cot-tokens", help="Skip chains with longer CoTs (guards greedy's run time).")
     ] = 1024,
     predictor: Annotated[Optional[Path], typer.Option(
-        "--predictor", help="predicted: a file written by `predictor fit`.")] = None,
+        "--predictor", help="predicted: a file written by `predictor fit`; greedy with "
+        "--shortlist M: its learned prior picks the M candidates each step scores.")] = None,
     repredict_every: Annotated[Optional[int], typer.Option(
         "--repredict-every", help="predicted: re-predict after every K deletions.")] = None,
     model: Model = DEFAULT_MODEL,

@@ -83,6 +83,12 @@ class PruneOptions:
         check_objective(self.objective)
         if self.method == "predicted" and not self.predictor:
             raise InputError("--method predicted needs --predictor PATH")
+        if self.method == "greedy" and self.predictor and self.greedy.shortlist is None:
+            raise InputError("--method greedy --predictor PATH (a learned prior) needs "
+                             "--shortlist M")
+        if self.predictor and self.method not in ("greedy", "predicted"):
+            raise InputError(f"--predictor is for --method predicted or greedy, not "
+                             f"{self.method!r}")
         self.protect_pattern  # noqa: B018 -- validate the regex now, before any work
 
     @property
@@ -220,7 +226,7 @@ def run_prune(chains_path: Path, out: Path, model_opts: ModelOptions, opts: Prun
     """The `prune` recipe: read, lay out, order, cut at each ratio, write. Returns the summary."""
     run = run or RunOptions(seed=opts.seed)
     predictor = None
-    if opts.method == "predicted":  # a bad predictor file fails before the model is loaded
+    if opts.predictor:  # a bad predictor file fails before the model is loaded
         from cotprune.pruning.predictor import load_predictor
 
         predictor = load_predictor(opts.predictor, model_opts.model)
@@ -233,6 +239,8 @@ def run_prune(chains_path: Path, out: Path, model_opts: ModelOptions, opts: Prun
     ctx = PruneContext(opts, model, tokenizer, DeletionScorer(model, opts.objective,
                                                               opts.batch_tokens),
                        output, run.resume, predictor)
+    if predictor is not None:
+        predictor.check_model(model)
 
     skipped = cot_tokens = baseline_tokens = 0
     todo = []  # (index into chains, layout) of the chains this run prunes
@@ -345,8 +353,30 @@ def greedy_trajectory(row: dict, layout: Layout, protected: frozenset,
     """Greedy deletion of one chain, checkpointed after every step (continued on --resume)."""
     n = len(layout.cot_ids)
     checkpoint = GreedyCheckpoint(ctx.output, row["id"])
+    prior = None if ctx.predictor is None else PredictorPrior(ctx, layout)
     return greedy_prune(
         ctx.scorer, layout.input_ids[:layout.cot_start], layout.cot_ids,
         layout.input_ids[layout.answer_start:], n - kept_count(min(ctx.opts.keep), n),
         protected=protected, opts=ctx.opts.greedy,
-        start=checkpoint.load() if ctx.resume else None, on_step=checkpoint.save)
+        start=checkpoint.load() if ctx.resume else None, on_step=checkpoint.save, prior=prior)
+
+
+class PredictorPrior:
+    """A fitted predictor's scores of a chain's current CoT (greedy's learned prior): one
+    feature forward of the pruned chain per call, counted into the scorer's work counters."""
+
+    def __init__(self, ctx: PruneContext, layout: Layout):
+        self.ctx = ctx
+        self.prompt = layout.input_ids[:layout.cot_start]
+        self.answer = layout.input_ids[layout.answer_start:layout.answer_end]
+
+    def __call__(self, cot: list[int]) -> list[float]:
+        from cotprune.pruning.predictor import chain_features
+
+        current = join_segments(self.prompt, cot, self.answer)
+        features = chain_features(self.ctx.model, self.ctx.tokenizer, [current])
+        scorer = self.ctx.scorer
+        scorer.tokens_run += len(current.input_ids)
+        scorer.forwards += 1
+        scorer.projection_rows += len(cot)
+        return self.ctx.predictor.scores(features)[0]
