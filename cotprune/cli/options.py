@@ -1,17 +1,27 @@
-"""Option types shared by commands, declared once (SPEC "Common options").
+"""Option types shared by commands, declared once (SPEC "Common options"; README "Option
+vocabulary").
 
-Commands spell their signatures with these aliases so that `--model`, `--dtype`, `--resume` and
-the rest mean the same everywhere. `--config FILE.yaml` fills defaults from a file: flags on the
-command line win over the file, the file over the built-in defaults.
+Commands spell their signatures with these aliases so that one concept has one flag and one
+meaning everywhere: `--keep` is always a keep ratio (or a list of them), `--max-length` the
+longest whole sequence, `--significance-model` a token classifier, and so on. The model-loading
+options are added by `model_options`, so no command can declare them differently. Old spellings
+live on as hidden aliases (`alias`, `prefer`) so that existing scripts keep working.
+
+`--config FILE.yaml` fills defaults from a file: flags on the command line win over the file,
+the file over the built-in defaults.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
+from cotprune.core.models import DEFAULT_MODEL, ModelOptions
 from cotprune.errors import InputError
 
 
@@ -42,15 +52,16 @@ Config = Annotated[Optional[Path], typer.Option(
     "--config", help="YAML file of option defaults (flags win over it).",
     callback=_load_config, is_eager=True)]
 Output = Annotated[Path, typer.Option("-o", "--output", help="Output path.")]
-Model = Annotated[str, typer.Option(
-    "--model", help="Hugging Face id, local directory, or the alias smollm2-135m.")]
+OutputDir = Annotated[Path, typer.Option("-o", "--output", help="Output directory.")]
+MODEL_HELP = "Hugging Face id, local directory, or the alias smollm2-135m."
+Model = Annotated[str, typer.Option("--model", help=MODEL_HELP)]
 Adapter = Annotated[Optional[str], typer.Option("--adapter", help="A peft adapter directory.")]
 Dtype = Annotated[str, typer.Option("--dtype", help="auto|float32|bfloat16|float16.")]
 Device = Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N.")]
 TrustRemoteCode = Annotated[bool, typer.Option(
     "--trust-remote-code", help="Allow model code from the hub (off by default).")]
 BatchTokens = Annotated[int, typer.Option(
-    "--batch-tokens", min=1, help="Token budget of one forward batch.")]
+    "--batch-tokens", min=1, help="Token budget of one forward batch (training: one micro-batch).")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
 Limit = Annotated[Optional[int], typer.Option("--limit", min=1, help="Use only the first N rows.")]
 Resume = Annotated[bool, typer.Option(
@@ -68,3 +79,87 @@ def parse_list(value: str, flag: str, cast=str) -> list:
         return [cast(v) for v in items]
     except ValueError:
         raise InputError(f"{flag}: cannot read {value!r}") from None
+
+
+# --- options that several commands share, beyond the model-loading ones ----------------------
+
+MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", min=1,
+                                           help="Most tokens to generate per response.")]
+Temperature = Annotated[float, typer.Option("--temperature", help="0 is greedy decoding.")]
+TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass.")]
+AnswerMarker = Annotated[str, typer.Option(
+    "--answer-marker", help="Text that introduces the final answer in a response.")]
+Samples = Annotated[int, typer.Option("--samples", min=1, help="Responses per question.")]
+MaxLength = Annotated[Optional[int], typer.Option(
+    "--max-length", min=1, help="Skip sequences (prompt + CoT + answer) longer than this many "
+                                "tokens, and count them.")]
+SignificanceModel = Annotated[Optional[str], typer.Option(
+    "--significance-model", help="A token-classification checkpoint (LLMLingua-2 kind).")]
+Tokenizer = Annotated[Optional[str], typer.Option(
+    "--tokenizer", help="Decode token ids with this tokenizer instead of the manifest's model.")]
+Predictor = Annotated[Optional[Path], typer.Option(
+    "--predictor", help="A file written by `predictor fit`.")]
+
+
+def alias(old_flag: str, new_flag: str) -> Any:
+    """A hidden option for the old spelling of `new_flag`; pair it with `prefer`."""
+    return typer.Option(old_flag, hidden=True, help=f"Deprecated: use {new_flag}.")
+
+
+def prefer(ctx: typer.Context, name: str, value: Any, old_value: Any, old_flag: str) -> Any:
+    """The value of option `name` when its deprecated spelling `old_flag` may be given instead.
+
+    The old spelling still works, with a warning; giving both on one command line is an error,
+    since one of them would be silently ignored.
+    """
+    if old_value is None:
+        return value
+    new_flag = next(o for p in ctx.command.params if p.name == name for o in p.opts
+                    if o.startswith("--"))
+    source = ctx.get_parameter_source(name)
+    if source is not None and source.name == "COMMANDLINE":
+        raise InputError(f"{old_flag} is the old spelling of {new_flag}: give only {new_flag}")
+    from cotprune.console import log
+
+    log.warning("%s is deprecated: use %s", old_flag, new_flag)
+    return old_value
+
+
+_MODEL_FLAGS = ("model", "adapter", "dtype", "device", "trust_remote_code")
+
+
+def model_options(default_model: str | None = DEFAULT_MODEL, model_help: str = MODEL_HELP
+                  ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: give a command the model-loading options (--model, --adapter, --dtype,
+    --device, --trust-remote-code), declared here once, and pass them to it as one
+    `model_opts: ModelOptions` argument. `default_model=None` leaves `model_opts.model` None
+    for commands that read the model from an input's manifest.
+    """
+    common = [
+        ("model", Annotated[Optional[str], typer.Option("--model", help=model_help)],
+         default_model),
+        ("adapter", Adapter, None), ("dtype", Dtype, "auto"), ("device", Device, "auto"),
+        ("trust_remote_code", TrustRemoteCode, False),
+    ]
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values()
+               if p.name != "model_opts"]
+        # Before --config and the run options, so --help lists them where they always stood.
+        at = next((i for i, p in enumerate(own) if p.name in ("batch_tokens", "seed", "config")),
+                  len(own))
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                   default=default) for name, annotation, default in common]
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+        params[at:at] = added
+
+        @functools.wraps(command)
+        def run(**kwargs: Any) -> Any:
+            model_opts = ModelOptions(**{k: kwargs.pop(k) for k in _MODEL_FLAGS})
+            return command(model_opts=model_opts, **kwargs)
+
+        run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return run
+
+    return decorate
