@@ -10,15 +10,18 @@ import typer
 from cotprune.cli import app
 from cotprune.cli import options as o
 from cotprune.core.models import ModelOptions
+from cotprune.core.stage import RunOptions
 from cotprune.data.layout import ANSWER_PREFIX
 
 
 @app.command("generate")
 @o.model_options()
+@o.stage_options()
 def generate_cmd(
     questions: Annotated[Path, typer.Argument(help="Parquet with id, question [, reference].")],
     output: o.Output,
     model_opts: ModelOptions,
+    run: RunOptions,
     samples: o.Samples = 1,
     temperature: o.Temperature = 0.7,
     top_p: o.TopP = 1.0,
@@ -28,33 +31,29 @@ def generate_cmd(
                                "(graded against reference).")] = False,
     answer_marker: o.AnswerMarker = ANSWER_PREFIX,
     batch_tokens: o.BatchTokens = 16384,
-    seed: o.Seed = 0,
-    limit: o.Limit = None,
-    resume: o.Resume = False,
-    shard: o.ShardSpec = None,
     config: o.Config = None,
 ) -> None:
     """Sample chains from a teacher model: split into CoT and answer, optionally keep correct."""
     from cotprune.console import emit_summary
-    from cotprune.core.stage import RunOptions
     from cotprune.training.generate_chains import GenerateOptions, run_generate
     from cotprune.training.sampling import SamplingOptions
 
     sampling = SamplingOptions(max_new_tokens=max_new_tokens, temperature=temperature,
-                               top_p=top_p, samples=samples, seed=seed)
+                               top_p=top_p, samples=samples, seed=run.seed)
     opts = GenerateOptions(sampling=sampling, keep_correct=keep_correct,
                            answer_marker=answer_marker, batch_tokens=batch_tokens)
-    run = RunOptions(limit=limit, shard=shard, resume=resume, seed=seed)
     emit_summary(run_generate(questions, output, model_opts, opts, run))
 
 
 @app.command("eval")
 @o.model_options()
+@o.stage_options()
 def eval_cmd(
     ctx: typer.Context,
     bench: Annotated[Path, typer.Argument(help="Parquet with id, question, reference.")],
     output: o.Output,
     model_opts: ModelOptions,
+    run: RunOptions,
     keep: Annotated[Optional[float], typer.Option(
         "--keep", help="Ask a ratio-conditioned student for this keep ratio.")] = None,
     keep_ratio: Annotated[Optional[float], o.alias("--keep-ratio", "--keep")] = None,
@@ -63,24 +62,18 @@ def eval_cmd(
     top_p: o.TopP = 1.0,
     answer_marker: o.AnswerMarker = ANSWER_PREFIX,
     batch_tokens: o.BatchTokens = 16384,
-    seed: o.Seed = 0,
-    limit: o.Limit = None,
-    resume: o.Resume = False,
-    shard: o.ShardSpec = None,
     config: o.Config = None,
 ) -> None:
     """Answer a benchmark (greedy by default) and grade: accuracy vs generated tokens."""
     from cotprune.console import emit_summary
-    from cotprune.core.stage import RunOptions
     from cotprune.training.evaluate import EvalOptions, run_eval
     from cotprune.training.sampling import SamplingOptions
 
     sampling = SamplingOptions(max_new_tokens=max_new_tokens, temperature=temperature,
-                               top_p=top_p, samples=1, seed=seed)
+                               top_p=top_p, samples=1, seed=run.seed)
     opts = EvalOptions(sampling=sampling, keep_ratio=o.prefer(ctx, "keep", keep, keep_ratio,
                                                               "--keep-ratio"),
                        answer_marker=answer_marker, batch_tokens=batch_tokens)
-    run = RunOptions(limit=limit, shard=shard, resume=resume, seed=seed)
     emit_summary(run_eval(bench, output, model_opts, opts, run))
 
 

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from cotprune.core.models import DEFAULT_MODEL, ModelOptions
+from cotprune.core.stage import RunOptions
 from cotprune.errors import InputError
 
 
@@ -125,7 +126,33 @@ def prefer(ctx: typer.Context, name: str, value: Any, old_value: Any, old_flag: 
     return old_value
 
 
-_MODEL_FLAGS = ("model", "adapter", "dtype", "device", "trust_remote_code")
+Flags = list[tuple[str, Any, Any]]  # (parameter name, annotated type, default)
+
+
+def _bundled(arg: str, flags: Flags, build: Callable[..., Any], before: tuple[str, ...]
+             ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: add `flags` to a command's signature (ahead of the first parameter named in
+    `before`) and call the command with them built into one argument `arg`."""
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+               for p in inspect.signature(command, eval_str=True).parameters.values()
+               if p.name != arg]
+        at = next((i for i, p in enumerate(own) if p.name in before), len(own))
+        own[at:at] = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                                        annotation=annotation, default=default)
+                      for name, annotation, default in flags]
+
+        @functools.wraps(command)
+        def run(**kwargs: Any) -> Any:
+            bundle = build(**{name: kwargs.pop(name) for name, _, _ in flags})
+            return command(**{arg: bundle}, **kwargs)
+
+        # typer reads the signature (annotations included) to declare the options
+        run.__signature__ = inspect.Signature(own)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in own}
+        return run
+
+    return decorate
 
 
 def model_options(default_model: str | None = DEFAULT_MODEL, model_help: str = MODEL_HELP
@@ -135,31 +162,20 @@ def model_options(default_model: str | None = DEFAULT_MODEL, model_help: str = M
     `model_opts: ModelOptions` argument. `default_model=None` leaves `model_opts.model` None
     for commands that read the model from an input's manifest.
     """
-    common = [
+    flags: Flags = [
         ("model", Annotated[Optional[str], typer.Option("--model", help=model_help)],
          default_model),
         ("adapter", Adapter, None), ("dtype", Dtype, "auto"), ("device", Device, "auto"),
         ("trust_remote_code", TrustRemoteCode, False),
     ]
+    # Listed before the batch and run options, where --help always showed them.
+    return _bundled("model_opts", flags, ModelOptions,
+                    before=("batch_tokens", "seed", "limit", "config"))
 
-    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        own = [p for p in inspect.signature(command, eval_str=True).parameters.values()
-               if p.name != "model_opts"]
-        # Before --config and the run options, so --help lists them where they always stood.
-        at = next((i for i, p in enumerate(own) if p.name in ("batch_tokens", "seed", "config")),
-                  len(own))
-        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                                   default=default) for name, annotation, default in common]
-        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
-        params[at:at] = added
 
-        @functools.wraps(command)
-        def run(**kwargs: Any) -> Any:
-            model_opts = ModelOptions(**{k: kwargs.pop(k) for k in _MODEL_FLAGS})
-            return command(model_opts=model_opts, **kwargs)
-
-        run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-        run.__annotations__ = {p.name: p.annotation for p in params}
-        return run
-
-    return decorate
+def stage_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator for the data-parallel stages (score, prune, generate, eval): add --seed,
+    --limit, --resume and --shard, and pass them as one `run: RunOptions` argument."""
+    flags: Flags = [("seed", Seed, 0), ("limit", Limit, None), ("resume", Resume, False),
+                    ("shard", ShardSpec, None)]
+    return _bundled("run", flags, RunOptions, before=("config",))

@@ -10,14 +10,17 @@ import typer
 from cotprune.cli import app
 from cotprune.cli import options as o
 from cotprune.core.models import ModelOptions
+from cotprune.core.stage import RunOptions
 
 
 @app.command("prune")
 @o.model_options()
+@o.stage_options()
 def prune_cmd(
     chains: Annotated[Path, typer.Argument(help="Chains (or scores) file or directory.")],
     output: o.Output,
     model_opts: ModelOptions,
+    run: RunOptions,
     method: Annotated[str, typer.Option(
         "--method", help="greedy|surprisal|entropy|attention|loo|predicted|random.")] = "greedy",
     keep: Annotated[str, typer.Option(
@@ -43,15 +46,10 @@ def prune_cmd(
     repredict_every: Annotated[Optional[int], typer.Option(
         "--repredict-every", help="predicted: re-predict after every K deletions.")] = None,
     batch_tokens: o.BatchTokens = 4096,
-    seed: o.Seed = 0,
-    limit: o.Limit = None,
-    resume: o.Resume = False,
-    shard: o.ShardSpec = None,
     config: o.Config = None,
 ) -> None:
     """Prune chains: one output row per chain and keep ratio, with J of each pruned chain."""
     from cotprune.console import emit_summary
-    from cotprune.core.stage import RunOptions
     from cotprune.pruning.greedy import GreedyOptions
     from cotprune.pruning.prune import PruneOptions, run_prune
 
@@ -59,7 +57,6 @@ def prune_cmd(
         method=method, keep=o.parse_list(keep, "--keep", float), objective=objective,
         greedy=GreedyOptions(per_step=per_step, shortlist=shortlist,
                              refresh_every=refresh_every),
-        protect=protect, max_cot_tokens=max_cot_tokens, seed=seed, batch_tokens=batch_tokens,
+        protect=protect, max_cot_tokens=max_cot_tokens, seed=run.seed, batch_tokens=batch_tokens,
         predictor=str(predictor) if predictor else None, repredict_every=repredict_every)
-    run = RunOptions(limit=limit, shard=shard, resume=resume, seed=seed)
     emit_summary(run_prune(chains, output, model_opts, opts, run))
