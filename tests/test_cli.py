@@ -77,6 +77,9 @@ def test_old_spellings_still_work_hidden_and_deprecated(tmp_path, logged, comman
     cfg.write_text(f"{old.lstrip('-')}: {bad}\n")
     code, _, stderr = run_cli(*command, "-o", tmp_path / "out", "--config", cfg)
     assert code == 2 and new in stderr and "unknown option" not in stderr
+    if command[0] == "eval":  # the command line wins over the file, whichever spelling
+        code, _, stderr = run_cli(*command, "-o", tmp_path / "out", "--config", cfg, new, "0.5")
+        assert code == 2 and "bench.parquet" in stderr and new not in stderr
     help_text = subprocess.run([sys.executable, "-m", "cotprune", command[0], "--help"],
                                capture_output=True, text=True, check=True).stdout
     assert new in help_text and old not in help_text

@@ -110,16 +110,25 @@ def alias(old_flag: str, new_flag: str) -> Any:
 def prefer(ctx: typer.Context, name: str, value: Any, old_value: Any, old_flag: str) -> Any:
     """The value of option `name` when its deprecated spelling `old_flag` may be given instead.
 
-    The old spelling still works, with a warning; giving both on one command line is an error,
-    since one of them would be silently ignored.
+    The old spelling still works, with a warning; the command line wins over a config file as
+    for any option, and giving both spellings on one command line is an error, since one of
+    them would be silently ignored.
     """
     if old_value is None:
         return value
-    new_flag = next(o for p in ctx.command.params if p.name == name for o in p.opts
-                    if o.startswith("--"))
-    source = ctx.get_parameter_source(name)
-    if source is not None and source.name == "COMMANDLINE":
-        raise InputError(f"{old_flag} is the old spelling of {new_flag}: give only {new_flag}")
+    params = {p.name: p for p in ctx.command.params}
+    new_flag = next(f for f in params[name].opts if f.startswith("--"))
+    old_name = next(p.name for p in params.values() if old_flag in p.opts)
+
+    def on_command_line(param: str) -> bool:
+        source = ctx.get_parameter_source(param)
+        return source is not None and source.name == "COMMANDLINE"
+
+    if on_command_line(name):
+        if on_command_line(old_name):
+            raise InputError(f"{old_flag} is the old spelling of {new_flag}: give only "
+                             f"{new_flag}")
+        return value
     from cotprune.console import log
 
     log.warning("%s is deprecated: use %s", old_flag, new_flag)
