@@ -55,7 +55,6 @@ Config = Annotated[Optional[Path], typer.Option(
 Output = Annotated[Path, typer.Option("-o", "--output", help="Output path.")]
 OutputDir = Annotated[Path, typer.Option("-o", "--output", help="Output directory.")]
 MODEL_HELP = "Hugging Face id, local directory, or the alias smollm2-135m."
-Model = Annotated[str, typer.Option("--model", help=MODEL_HELP)]
 Adapter = Annotated[Optional[str], typer.Option("--adapter", help="A peft adapter directory.")]
 Dtype = Annotated[str, typer.Option("--dtype", help="auto|float32|bfloat16|float16.")]
 Device = Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N.")]
