@@ -134,6 +134,13 @@ def greedy_prune(scorer: DeletionScorer, prompt: list[int], cot: list[int], answ
     return traj
 
 
+def published_tokens(prompt: int, n: int, answer: int, deletions: int) -> int:
+    """Decoder input tokens the published algorithm runs to delete `deletions` of a chain's `n`
+    CoT tokens: step k scores its n - k candidates, each as a whole new sequence of prompt +
+    (n - k - 1) + answer tokens. The baseline every greedy cost is measured against."""
+    return sum((n - k) * (prompt + n - k - 1 + answer) for k in range(min(deletions, n)))
+
+
 def kept_positions(n: int, order: list[int], keep: int) -> list[int]:
     """Original indices that survive when only `keep` of `n` tokens remain."""
     gone = set(order[:n - keep])

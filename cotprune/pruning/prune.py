@@ -38,7 +38,13 @@ from cotprune.data.files import (
 )
 from cotprune.data.layout import ChainLayout, Layout, decode, join_segments, token_texts
 from cotprune.errors import InputError
-from cotprune.pruning.greedy import GreedyOptions, Trajectory, greedy_prune, kept_positions
+from cotprune.pruning.greedy import (
+    GreedyOptions,
+    Trajectory,
+    greedy_prune,
+    kept_positions,
+    published_tokens,
+)
 
 METHODS = ("greedy", "surprisal", "entropy", "attention", "loo", "predicted", "random")
 
@@ -227,7 +233,7 @@ def run_prune(chains_path: Path, out: Path, model_opts: ModelOptions, opts: Prun
                                                               opts.batch_tokens),
                        output, run.resume, predictor)
 
-    skipped = cot_tokens = 0
+    skipped = cot_tokens = baseline_tokens = 0
     todo = []  # (index into chains, layout) of the chains this run prunes
     with Progress(len(chains), f"prune {opts.method}") as progress:
         for offset, chain in enumerate(chains):
@@ -250,12 +256,38 @@ def run_prune(chains_path: Path, out: Path, model_opts: ModelOptions, opts: Prun
                                    trajectory)
                 stage.write(rows, [offset] * len(rows))
                 cot_tokens += len(layout.cot_ids)
+                baseline_tokens += greedy_baseline_tokens(layout, opts)
                 progress.advance(1, tokens=len(layout.cot_ids))
         seconds = progress.seconds
     written = output.finish()
     return {"command": "prune", "method": opts.method, "chains": len(chains) - skipped,
             "skipped": skipped, "rows": written, "cot_tokens": cot_tokens,
+            **work_counts(ctx.scorer, opts, baseline_tokens),
             "seconds": round(seconds, 3), "output": str(out)}
+
+
+def greedy_baseline_tokens(layout: Layout, opts: PruneOptions) -> int:
+    """The published greedy algorithm's decoder tokens for this chain (0 for other methods)."""
+    if opts.method != "greedy":
+        return 0
+    n = len(layout.cot_ids)
+    return published_tokens(layout.cot_start, n, len(layout.input_ids) - layout.answer_start,
+                            n - kept_count(min(opts.keep), n))
+
+
+def work_counts(scorer: DeletionScorer, opts: PruneOptions, baseline_tokens: int) -> dict:
+    """What this process ran, in counts that do not depend on the machine: decoder input tokens,
+    forwards and vocabulary-projection rows of the deletion scorer (greedy and loo; null for
+    the methods that do not use it), and for greedy the published algorithm's tokens for the
+    same chains and ratio, with their ratio to ours."""
+    if opts.method not in ("greedy", "loo"):
+        return {"tokens_run": None, "forwards": None, "projection_rows": None}
+    counts = scorer.counts()
+    if opts.method == "greedy":
+        counts["published_tokens"] = baseline_tokens
+        counts["published_ratio"] = (round(baseline_tokens / counts["tokens_run"], 3)
+                                     if counts["tokens_run"] else None)
+    return counts
 
 
 @dataclass
