@@ -48,7 +48,8 @@ def run_mode(mode: str, extra: dict, args, queue) -> None:
     from cotprune.rl.update import UpdateConfig, policy_update
 
     torch.set_num_threads(torch.get_num_threads())
-    pair, tok = build_policy(ModelOptions(device=args.device), RLOptions("", ""), 0, 1)
+    pair, tok = build_policy(ModelOptions(device=args.device),
+                             RLOptions(prompts="", output=""), 0, 1)
     device = next(pair.policy.parameters()).device
     samples = build_samples(tok, args.responses)
     longest = max(len(s.response_ids) for s in samples)

@@ -127,7 +127,6 @@ def random_order(n: int, seed: int, chain_id: str, protected: frozenset) -> list
     return order
 
 
-SCORE_COLUMN_METHODS = ("surprisal", "entropy", "attention", "loo")  # `score` writes these
 BATCHED_METHODS = ("surprisal", "entropy", "attention")  # one `score_batch` forward per batch
 
 

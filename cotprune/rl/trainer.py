@@ -84,7 +84,7 @@ class RLOptions:
         parse_significance(self.significance)
         for flag, value, low in [("--max-steps", self.max_steps, 1),
                                  ("--prompts-per-step", self.prompts_per_step, 1),
-                                 ("--num-generations", self.num_generations, 1),
+                                 ("--samples", self.num_generations, 1),
                                  ("--max-new-tokens", self.max_new_tokens, 1),
                                  ("--overlong-buffer", self.overlong_buffer, 0),
                                  ("--save-every", self.save_every, 0)]:
@@ -93,7 +93,7 @@ class RLOptions:
         if self.overlong_buffer >= self.max_new_tokens:
             raise InputError("--overlong-buffer must be smaller than --max-new-tokens")
         if self.advantage == "rloo" and self.num_generations < 2:
-            raise InputError("--advantage rloo needs --num-generations of at least 2")
+            raise InputError("--advantage rloo needs --samples of at least 2")
 
 
 # --- set-up ------------------------------------------------------------------------------------

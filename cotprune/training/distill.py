@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from cotprune.console import log
@@ -84,7 +84,7 @@ class DistillOptions:
         from cotprune.training.sft import PACKINGS
 
         if self.keep_ratios is not None and not all(0 <= r <= 1 for r in self.keep_ratios):
-            raise InputError("--keep-ratio values must be in [0, 1]")
+            raise InputError("--keep ratios must be in [0, 1]")
         checks = [
             (self.epochs > 0, "--epochs must be > 0"),
             (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),
@@ -118,14 +118,14 @@ def rows_with_ratios(table, ratios: tuple[float, ...], path: str):
     import pyarrow as pa
 
     if "keep_ratio" not in table.column_names:
-        raise InputError("--keep-ratio needs a pruned file (column keep_ratio)", file=path,
+        raise InputError("--keep needs a pruned file (column keep_ratio)", file=path,
                          column="keep_ratio")
     have = table.column("keep_ratio").to_pylist()
     wanted = [any(r is not None and abs(r - w) < 1e-6 for w in ratios) for r in have]
     missing = [w for w in ratios if not any(r is not None and abs(r - w) < 1e-6 for r in have)]
     if missing:
         found = sorted({round(r, 6) for r in have if r is not None})
-        raise InputError(f"--keep-ratio {','.join(map(str, missing))}: no such rows "
+        raise InputError(f"--keep {','.join(map(str, missing))}: no such rows "
                          f"(the file has {', '.join(map(str, found))})", file=path,
                          column="keep_ratio")
     return table.filter(pa.array(wanted))
@@ -334,13 +334,16 @@ def load_student(model_opts: ModelOptions, opts: DistillOptions, d: Dist):
         dtype = "float32"
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             autocast = torch.bfloat16
-    opts_here = ModelOptions(model_opts.model, None, dtype, str(device),
-                             model_opts.trust_remote_code)
-    model, tokenizer = load_model(opts_here, for_training=True)
+    if opts.full and model_opts.adapter:
+        raise InputError("--adapter continues LoRA training from an adapter; it does not go "
+                         "with --full")
+    # With --adapter, load_model attaches it trainable: training continues that adapter.
+    model, tokenizer = load_model(replace(model_opts, dtype=dtype, device=str(device)),
+                                  for_training=True)
     if opts.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
-    if not opts.full:
+    if not opts.full and not model_opts.adapter:
         from peft import LoraConfig, get_peft_model
 
         targets = opts.lora.targets
