@@ -319,3 +319,19 @@ def test_equal_neighbours_get_exactly_equal_j(tiny):
     assert runs  # the chain has a run of equal tokens
     _, js = DeletionScorer(model, "reason-answer", 96).candidate_objectives(state)
     assert all(js[k] == js[k - 1] for k in runs)
+
+
+def test_kept_rows_hold_no_storage_beyond_their_own_kv(tiny):
+    """A kept row's KV must not be a view into its job's whole cache, or every row that lives on
+    keeps the job's other rows alive too (memory grew step after step)."""
+    model, tok = tiny
+    state = _state(tok, COTS[1])
+    scorer = DeletionScorer(model, "reason-answer", 96, checkpoints=(6, 3))
+    scorer.candidate_objectives(state, best_of=1)
+    d = 9
+    scorer.candidate_objectives(ChainState(state.prompt, state.cot[:d] + state.cot[d + 1:],
+                                           state.answer), best_of=1)
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for row in scorer._rows.values() if row.kv for pair in row.kv for t in pair}
+    own = sum(deletion._kv_bytes(row) for row in scorer._rows.values())
+    assert own > 0 and sum(storages.values()) == own
