@@ -30,11 +30,36 @@ def torchrun(*args: str, port: int, timeout: int = 240) -> subprocess.CompletedP
     return proc
 
 
-def test_backend_follows_the_device_used():
-    from cotprune.training.parts.dist import backend_for, process_device
+def test_backend_follows_the_device_used(monkeypatch):
+    from cotprune.training.parts.dist import backend_for, fsdp_requested, process_device
 
     assert backend_for("cpu") == "gloo" and backend_for("cuda") == "nccl"
-    assert process_device("cpu", 2, 1).type == "cpu"  # --device cpu stays cpu with CUDA present
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with CUDA
+    assert process_device("cpu", 2, 1).type == "cpu"  # --device cpu stays cpu: gloo
+    assert process_device("auto", 2, 1) == torch.device("cuda", 1)  # one GPU per local rank
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # an accelerate FSDP config
+    assert fsdp_requested(False)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    assert not fsdp_requested(False) and fsdp_requested(True)
+
+
+@pytest.mark.slow
+def test_rl_command_under_torchrun(tiny_gpt2_model, tmp_path):
+    """The whole `rl` loop on 2 CPU processes: DDP, slots split, rank 0 writes once."""
+    from conftest import summary_of
+    from test_rl_trainer import TINY, _prompts
+
+    out = tmp_path / "rl"
+    proc = torchrun("-m", "cotprune", "rl", _prompts(tmp_path), "-o", out, "--model",
+                    tiny_gpt2_model, *TINY, "--device", "cpu", "--updates-per-step", "2",
+                    port=29561)
+    assert summary_of(proc.stdout)["steps"] == 2
+    assert len(proc.stdout.strip().splitlines()) == 1  # one summary, from rank 0
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2]
+    assert json.loads((out / "manifest.json").read_text())["world_size"] == 2
+    assert (out / "model" / "adapter_config.json").exists()
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000002"]
 
 
 @pytest.mark.slow

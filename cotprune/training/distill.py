@@ -290,7 +290,13 @@ def run_distill(pruned: Path, outdir: Path, model_opts: ModelOptions,
     import torch
 
     from cotprune.training.parts.checkpoint import Checkpoints
-    from cotprune.training.parts.dist import all_sum, barrier, init_distributed, wrap_data_parallel
+    from cotprune.training.parts.dist import (
+        all_sum,
+        barrier,
+        fsdp_requested,
+        init_distributed,
+        wrap_data_parallel,
+    )
     from cotprune.training.parts.metrics import MetricsLog, Timer
     from cotprune.training.sft import (
         TargetLoss,
@@ -316,7 +322,7 @@ def run_distill(pruned: Path, outdir: Path, model_opts: ModelOptions,
     total = len(plan.steps)
     warmup = round(opts.warmup_ratio * total)
     loss_module = TargetLoss(model)
-    wrapped = wrap_data_parallel(loss_module, d, fsdp=opts.fsdp,
+    wrapped = wrap_data_parallel(loss_module, d, fsdp=fsdp_requested(opts.fsdp),
                                  layers=loss_module.decoder_layers())
     # after wrapping: FSDP replaces the parameters by their shards
     params = [p for p in model.parameters() if p.requires_grad]

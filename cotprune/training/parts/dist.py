@@ -63,6 +63,12 @@ def init_distributed(device_spec: str) -> Dist:
     return Dist(rank, world, local, device)
 
 
+def fsdp_requested(flag: bool) -> bool:
+    """`--fsdp`, or an `accelerate launch` whose config chose FSDP (it exports
+    ACCELERATE_USE_FSDP): accelerate only launches, the sharding is the same code either way."""
+    return flag or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+
+
 def _group():
     import torch.distributed as dist
 
