@@ -36,11 +36,11 @@ def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias, temperature: float
 
 def _stats(z: torch.Tensor, targets: torch.Tensor, with_entropy: bool):
     """(log p(target), entropy or None, lse) of float32 logits [n, V]."""
-    lse = torch.logsumexp(z, dim=-1)
-    logp = z.gather(-1, targets[:, None]).squeeze(-1) - lse
-    ent = None
-    if with_entropy:
-        ent = lse - (torch.softmax(z, dim=-1) * z).sum(-1)
+    # log_softmax measured ~30% faster than logsumexp on the CPU (see core.engine)
+    logp_all = torch.log_softmax(z, dim=-1)
+    logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)
+    lse = z.gather(-1, targets[:, None]).squeeze(-1) - logp
+    ent = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
     return logp, ent, lse
 
 
@@ -62,12 +62,15 @@ class _ChunkedHead(torch.autograd.Function):
         ent = torch.cat(ents) if with_entropy else logp.new_zeros(logp.shape)
         ctx.save_for_backward(hidden, weight, bias, targets, torch.cat(lses), ent)
         ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None
         ctx.mark_non_differentiable(*(() if with_entropy else (ent,)))
         return logp, ent
 
     @staticmethod
     def backward(ctx, grad_logp, grad_ent):
         hidden, weight, bias, targets, lse, ent = ctx.saved_tensors
+        if grad_logp is None and grad_ent is None:
+            return None, None, None, None, None, None, None
         t, rows = ctx.temperature, ctx.chunk_rows
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = torch.empty_like(hidden) if need_h else None
@@ -78,28 +81,28 @@ class _ChunkedHead(torch.autograd.Function):
         for s in range(0, hidden.shape[0], rows):
             sl = slice(s, s + rows)
             h = hidden[sl]
-            z = _logits(h, weight, bias, t)
-            logp_all = z.sub_(lse[sl, None])  # log p, in place: one chunk buffer
-            p = logp_all.exp()
-            # dL/dz = g_lp (onehot - p) - g_ent p (log p + H), built in logp_all's buffer
-            g = grad_logp[sl].float() if grad_logp is not None else torch.zeros_like(lse[sl])
-            dz = logp_all
-            if grad_ent is not None:
-                dz.add_(ent[sl, None]).mul_(p).mul_(-grad_ent[sl].float()[:, None])
+            logp_all = _logits(h, weight, bias, t).sub_(lse[sl, None])  # one chunk buffer
+            g = grad_logp[sl].float()[:, None] if grad_logp is not None else None
+            # dL/dz = g (onehot - p) - g_ent p (log p + H), built in place in logp_all
+            if grad_ent is None:
+                dz = logp_all.exp_().mul_(-g)
             else:
-                dz.zero_()
-            dz.sub_(p.mul_(g[:, None]))
-            dz.scatter_add_(-1, targets[sl, None], g[:, None])
+                p = logp_all.exp()
+                dz = logp_all.add_(ent[sl, None]).mul_(p).mul_(-grad_ent[sl].float()[:, None])
+                if g is not None:
+                    dz.sub_(p.mul_(g))
+                del p
+            if g is not None:
+                dz.scatter_add_(-1, targets[sl, None], g)
             if t != 1.0:
                 dz.div_(t)
-            del p
             if need_h:
                 grad_h[sl] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)
             if need_w:
                 grad_w.addmm_(dz.t(), h.float())
             if grad_b is not None:
                 grad_b.add_(dz.sum(0))
-            del dz, z
+            del dz, logp_all
         grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
         grad_b = grad_b.to(bias.dtype) if grad_b is not None else None
         return grad_h, grad_w, grad_b, None, None, None, None
