@@ -55,7 +55,8 @@ def set_rng_state(state: dict) -> None:
     import torch
 
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
+    if state.get("python") is not None:
+        random.setstate(state["python"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -117,6 +118,15 @@ class Checkpoints:
                 for name, value in state["trainable"].items():
                     params[name].copy_(value.to(params[name].device))
             optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        return {"step": int(state["step"]), "position": state["position"],
-                "extra": state["extra"]}
+        set_rng_state(_rng_of(state))
+        return {"step": int(state["step"]), "position": state.get("position",
+                                                                   {"step": state["step"]}),
+                "extra": state.get("extra", {})}
+
+
+def _rng_of(state: dict) -> dict:
+    """The RNG states, also from a checkpoint written before these parts (distill's own:
+    rng_cpu / rng_cuda, no Python state), so a run interrupted then still resumes."""
+    if "rng" in state:
+        return state["rng"]
+    return {"torch": state["rng_cpu"], "cuda": state.get("rng_cuda"), "python": None}
