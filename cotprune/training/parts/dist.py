@@ -55,7 +55,7 @@ def init_distributed(device_spec: str) -> Dist:
 
     rank, world, local = env_world()
     device = process_device(device_spec, world, local)
-    if device.type == "cuda":
+    if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         kwargs = {"device_id": device} if device.type == "cuda" else {}
