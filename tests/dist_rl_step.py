@@ -3,8 +3,10 @@
     python tests/dist_rl_step.py MODEL OUT.pt MODE     (or: torchrun --nproc-per-node 2 ...)
 
 Every process builds the same policy and the same 8 samples; process r trains on samples
-r, r + W, ... through the shared DDP wrapping. Rank 0 saves the stats and the weights after
-two PPO updates (so the ratio is not 1 at the second) with plain SGD.
+r, r + W, ... through the shared DDP wrapping (MODE "all-uneven": rank 0 trains on all of them
+and rank 1 on none, so the micro-batch counts differ and one process only joins the
+all-reduce). Rank 0 saves the stats and the weights after two PPO updates (so the ratio is
+not 1 at the second) with plain SGD.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ def main(model_path: str, out: str, mode: str) -> None:
                       torch.randint(5, 900, (r,), generator=g).tolist(), adv)
                for (p, r), adv in zip(lengths, [1.0, -0.5, 0.3, 2.0, -1.0, 0.7, -0.2, 1.5],
                                       strict=True)]
-    mine = samples[d.rank::d.world]
+    # "-uneven": rank 0 takes every sample, so rank 1 has no micro-batch at all
+    mode, uneven = mode.removesuffix("-uneven"), mode.endswith("-uneven")
+    mine = (samples if d.rank == 0 else []) if uneven else samples[d.rank::d.world]
     cfg = UpdateConfig(loss_type="dapo", token_select=mode, rho=0.5, epsilon=0.1,
                        epsilon_high=0.15, updates_per_step=2, batch_tokens=24,
                        max_new_tokens=12, max_grad_norm=1.0)

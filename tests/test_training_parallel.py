@@ -63,14 +63,14 @@ def test_rl_command_under_torchrun(tiny_gpt2_model, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["all", "entropy"])
+@pytest.mark.parametrize("mode", ["all", "entropy", "all-uneven"])
 def test_rl_update_on_two_processes_equals_one(tiny_qwen_model, tmp_path, mode):
     script = REPO / "tests" / "dist_rl_step.py"
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
     proc = subprocess.run([sys.executable, str(script), str(tiny_qwen_model), str(one), mode],
                           capture_output=True, text=True, env=_env(), timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    torchrun(script, tiny_qwen_model, two, mode, port=29541 + (mode == "entropy"))
+    torchrun(script, tiny_qwen_model, two, mode, port=29541 + len(mode))
     a, b = torch.load(one), torch.load(two)
     assert (a["world"], a["kind"], b["world"], b["kind"]) == (1, "none", 2, "ddp")
     for key in ("objective", "tokens_trained", "forward_tokens"):
