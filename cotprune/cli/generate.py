@@ -85,9 +85,12 @@ def distill_cmd(
     output: o.OutputDir,
     model_opts: ModelOptions,
     full: Annotated[bool, typer.Option("--full", help="Full fine-tuning instead of LoRA.")] = False,
+    fsdp: Annotated[bool, typer.Option(
+        "--fsdp", help="Shard weights, gradients and optimiser state over the processes "
+                       "(FSDP2; for a --full student too large for one device).")] = False,
     lora_r: Annotated[int, typer.Option("--lora-r")] = 16,
     lora_alpha: Annotated[int, typer.Option("--lora-alpha")] = 32,
-    lora_dropout: Annotated[float, typer.Option("--lora-dropout")] = 0.05,
+    lora_dropout: Annotated[float, typer.Option("--lora-dropout")] = 0.0,
     lora_targets: Annotated[str, typer.Option(
         "--lora-targets", help="all-linear, or module names (q_proj,v_proj,...).")] = "all-linear",
     epochs: Annotated[float, typer.Option("--epochs")] = 1.0,
@@ -132,7 +135,7 @@ def distill_cmd(
     keep = o.prefer(ctx, "keep", keep, keep_ratio, "--keep-ratio")
     lora = LoraOptions(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets)
     opts = DistillOptions(
-        lora=lora, full=full, epochs=epochs, max_steps=max_steps, lr=lr,
+        lora=lora, full=full, fsdp=fsdp, epochs=epochs, max_steps=max_steps, lr=lr,
         warmup_ratio=warmup_ratio, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
         batch_tokens=batch_tokens, grad_accum=grad_accum, max_length=max_length,
         packing=packing, gradient_checkpointing=gradient_checkpointing,
