@@ -11,12 +11,13 @@ results the test would reject, so passing means something."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 from rl_reference import objective_tensor
 
-from cotprune.rl.selection import entropy_mask, rpc_cuts, rpc_inclusion
+from cotprune.rl.selection import entropy_mask, rpc_cuts
 from cotprune.rl.update import PolicyPair, Sample, UpdateConfig, policy_update
 
 LR, SEED = 0.5, 7
@@ -64,7 +65,9 @@ def _nat_weights(cfg: UpdateConfig, lengths: list[int]) -> torch.Tensor:
         cuts = rpc_cuts(lengths, cfg.cut_floor, gen).tolist()
         w = torch.zeros(valid.shape)
         for i, (n, c) in enumerate(zip(lengths, cuts, strict=True)):
-            w[i, :c] = 1.0 / rpc_inclusion(n, cfg.cut_floor)[:c].float()
+            lo = math.ceil(cfg.cut_floor * n)  # P(cut >= t): 1 up to lo, then uniform
+            w[i, :c] = torch.tensor([1.0 / (1.0 if t <= lo else (n - t + 1) / (n - lo + 1))
+                                     for t in range(1, c + 1)])
         return w
     return valid.float()
 
