@@ -13,6 +13,7 @@ With N shards, OUT is a directory and shard i writes OUT/part-0000i-of-0000N.par
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cotprune import faults
 from cotprune.errors import InputError
 from cotprune.version import __version__
 
@@ -164,16 +166,27 @@ def list_parquet_files(path: str | Path) -> list[Path]:
 def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
     """Read a stage file (or part directory) whole; anything but Parquet is an InputError."""
     tables = []
-    for f in list_parquet_files(path):
+    files = list_parquet_files(path)
+    for f in files:
         try:
             tables.append(pq.read_table(f, columns=columns))
-        except (pa.ArrowInvalid, OSError) as e:
+        except (pa.ArrowException, OSError) as e:  # empty, truncated, not Parquet at all
             raise InputError(f"not a readable Parquet file ({e})", file=str(f)) from None
     if len(tables) == 1:
         return tables[0]
+    for f, t in zip(files[1:], tables[1:], strict=True):
+        # Parts of one stage share one schema; a part that differs (another stage's output, a
+        # column of another type) is named rather than silently promoted to nulls.
+        if not t.schema.equals(tables[0].schema):
+            column = next((n for n in sorted(set(t.schema.names) ^ set(tables[0].schema.names))),
+                          None) or next((n for n in t.schema.names
+                                         if t.schema.field(n).type
+                                         != tables[0].schema.field(n).type), None)
+            raise InputError(f"part file's schema differs from that of {files[0].name}",
+                             file=str(f), column=column)
     try:
         return pa.concat_tables(tables, promote_options="default")
-    except pa.ArrowInvalid as e:
+    except pa.ArrowException as e:
         raise InputError(f"part files have different schemas ({e})", file=str(path)) from None
 
 
@@ -185,9 +198,12 @@ def require_columns(table: pa.Table, columns: Iterable[str], file: str) -> None:
 
 def validate_chains(table: pa.Table, file: str, *, need: Iterable[str] = REQUIRED_CHAIN_COLUMNS,
                     unique_ids: bool = True) -> None:
-    """Chains must have the needed columns as non-null strings and unique ids."""
+    """Chains must have rows, the needed columns as non-null strings, a CoT that is not blank,
+    and unique ids (unless `unique_ids` is False: a pruned file has one row per keep ratio)."""
     need = list(need)
     require_columns(table, need, file)
+    if table.num_rows == 0:
+        raise InputError("the file has no rows", file=file)
     ids = table.column("id").to_pylist()
     for column in need:
         values = table.column(column).to_pylist()
@@ -198,11 +214,16 @@ def validate_chains(table: pa.Table, file: str, *, need: Iterable[str] = REQUIRE
             if not isinstance(v, str):
                 raise InputError(f"expected a string, got {type(v).__name__}", file=file,
                                  row=row, column=column)
+            if column in ("id", "cot") and not v.strip():
+                raise InputError("empty value", file=file, row=row, column=column)
     if unique_ids:
         seen: set[str] = set()
         for i, v in enumerate(ids):
             if v in seen:
-                raise InputError("duplicate id", file=file, row=f"{v} (#{i})", column="id")
+                hint = ("; this is a pruned file (one row per keep ratio): pass the chains file"
+                        if "keep_ratio" in table.column_names else "")
+                raise InputError(f"duplicate id{hint}", file=file, row=f"{v} (#{i})",
+                                 column="id")
             seen.add(v)
 
 
@@ -224,6 +245,24 @@ def _temp_path_beside(target: Path) -> Path:
     return Path(name)
 
 
+def check_writable(target: str | Path) -> None:
+    """Refuse (exit 2) an output whose directory cannot be written, before any work is done.
+
+    The nearest existing ancestor must be a writable directory: the missing ones below it are
+    created when the first file is written."""
+    target = Path(target).absolute()
+    if target.is_dir() and target.suffix == ".parquet":
+        raise InputError("output path is a directory", file=str(target))
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"cannot write here: {parent} is not a directory", file=str(target))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write here: directory {parent} is not writable",
+                         file=str(target))
+
+
 def write_table(table: pa.Table, path: str | Path, manifest: dict | None = None) -> None:
     """Write `table` to `path` atomically: the target never holds a partial file."""
     target = Path(path)
@@ -232,6 +271,7 @@ def write_table(table: pa.Table, path: str | Path, manifest: dict | None = None)
     tmp = _temp_path_beside(target)
     try:
         pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
+        faults.reached("write", target)  # a fault here lands mid-write: the target is untouched
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -292,13 +332,39 @@ class StageOutput:
         self.schema = schema
         self.manifest = {**manifest, "shard": f"{shard.index}/{shard.count}"}
         self._chunk_schema = schema.append(pa.field(ORDER_COLUMN, pa.int64()))
-        if self.partial.exists():
-            if not resume:
-                raise InputError(f"{self.partial} holds rows of an interrupted run: pass --resume "
-                                 "to continue it, or delete it to start again", file=str(out))
-            check_resumable(self._partial_manifest(), self.manifest, str(self.partial))
-        # Created on the first write, so a run that fails before any row leaves nothing behind.
+        check_writable(self.target)
+        # The lock comes first: a second process on the same output is refused before it looks
+        # at (or writes) anything of the first one's.
+        lock_partial(self.partial, self.target)
+        _open_outputs.append(self)
+        try:
+            if self.holds_work():
+                if not resume:
+                    raise InputError(f"{self.partial} holds rows of an interrupted run: pass "
+                                     "--resume to continue it, or delete it to start again",
+                                     file=str(out))
+                check_resumable(self._partial_manifest(), self.manifest, str(self.partial))
+            else:  # killed before its first row: nothing to continue, nothing to lose
+                (self.partial / PARTIAL_MANIFEST).unlink(missing_ok=True)
+        except BaseException:
+            self.close()
+            raise
         self._chunks = sorted(self.partial.glob("chunk-*.parquet"))
+
+    def holds_work(self) -> bool:
+        """Whether the partial directory holds rows or mid-row state of a run."""
+        keep = {LOCK_FILE, PARTIAL_MANIFEST}
+        return self.partial.is_dir() and any(
+            p.name not in keep and not p.name.startswith(".") for p in self.partial.iterdir())
+
+    def close(self) -> None:
+        """Release the output: unlock it, and remove the partial directory when it holds no
+        work (a run that failed before its first row leaves nothing behind)."""
+        if self in _open_outputs:
+            _open_outputs.remove(self)
+        if not self.holds_work():
+            shutil.rmtree(self.partial, ignore_errors=True)
+        unlock_partial(self.partial)
 
     def _partial_manifest(self) -> dict | None:
         path = self.partial / PARTIAL_MANIFEST
@@ -326,11 +392,16 @@ class StageOutput:
     def write_state(self, name: str, text: str) -> None:
         self._open_partial()
         write_text_atomic(self.partial / name, text)
+        faults.reached("state")
 
     def append_state(self, name: str, lines: Iterable[str]) -> None:
+        """Append lines to a state file; rewritten whole and atomically, because a kill in the
+        middle of an append would leave half a line (half an id, read back as another id)."""
         self._open_partial()
-        with open(self.partial / name, "a") as f:
-            f.writelines(line + "\n" for line in lines)
+        path = self.partial / name
+        before = path.read_text() if path.exists() else ""
+        write_text_atomic(path, before + "".join(line + "\n" for line in lines))
+        faults.reached("state")
 
     def write(self, rows: list[dict], order: list[int]) -> None:
         """Append finished rows; `order[k]` is the input row index of `rows[k]`."""
@@ -343,6 +414,7 @@ class StageOutput:
         chunk = self.partial / f"chunk-{len(self._chunks):06d}.parquet"
         write_table(table, chunk)
         self._chunks.append(chunk)
+        faults.reached("chunk")
 
     def finish(self) -> int:
         """Assemble the chunks in input order into the target; return the row count."""
@@ -355,7 +427,50 @@ class StageOutput:
             table = self.schema.empty_table()
         write_table(table.cast(self.schema), self.target, self.manifest)
         shutil.rmtree(self.partial, ignore_errors=True)
+        self.close()
         return table.num_rows
+
+
+# --- one writer per output -------------------------------------------------------------------
+
+LOCK_FILE = ".lock"  # in OUT.partial/: flock-ed by the process writing OUT, holds its pid
+_locks: dict[str, int] = {}  # partial directory -> the open lock file this process holds
+_open_outputs: list[StageOutput] = []  # closed by `close_outputs` when a command ends
+
+
+def lock_partial(partial: Path, target: Path) -> None:
+    """Hold an exclusive lock on `partial` for this process, or refuse (exit 2): two processes
+    writing one output would interleave their chunks. flock dies with its process, so the lock
+    of a run killed with -9 is never stale."""
+    key = str(partial.absolute())
+    if key in _locks:  # this process holds it (an earlier StageOutput of the same output)
+        return
+    partial.mkdir(parents=True, exist_ok=True)
+    fd = os.open(partial / LOCK_FILE, os.O_RDWR | os.O_CREAT, umask_mode())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise InputError(f"another cotprune process (pid {holder}) is writing this output; "
+                         "wait for it to end, or stop it and pass --resume",
+                         file=str(target)) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _locks[key] = fd
+
+
+def unlock_partial(partial: Path) -> None:
+    fd = _locks.pop(str(partial.absolute()), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def close_outputs() -> None:
+    """Release every output this process still holds (the CLI calls this when a command ends,
+    however it ends)."""
+    for output in list(_open_outputs):
+        output.close()
 
 
 def write_text_atomic(path: Path, text: str) -> None:

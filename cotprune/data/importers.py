@@ -59,9 +59,18 @@ def last_boxed(text: str) -> str | None:
 
 # --- sources: yield (row label for errors, record dict) --------------------------------------
 
+def _decode(raw: bytes, path: Path, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 (byte {raw[e.start]:#04x} at offset {e.start} of the "
+                         "line); re-encode the file as UTF-8", file=str(path), row=where) from None
+
+
 def _jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # bytes, so that a line that is not UTF-8 is named
+        for n, raw in enumerate(f, 1):
+            line = _decode(raw, path, f"line {n}")
             if not line.strip():
                 continue
             try:
@@ -74,9 +83,11 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _csv_records(path: Path) -> Iterator[tuple[str, dict]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        for n, rec in enumerate(csv.DictReader(f), 2):  # line 1 is the header
-            yield f"line {n}", rec
+    with open(path, "rb") as f:
+        lines = [_decode(raw, path, f"line {n}") for n, raw in enumerate(f, 1)]
+    reader = csv.DictReader(lines)
+    for rec in reader:
+        yield f"line {reader.line_num}", rec
 
 
 def _parquet_records(path: Path) -> Iterator[tuple[str, dict]]:
