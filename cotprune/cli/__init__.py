@@ -48,7 +48,8 @@ def _terminate(signum, frame) -> None:
 # Commands that continue an interrupted run with --resume (SPEC "Errors and interruptions").
 RESUMABLE = ("score", "prune", "generate", "eval", "distill", "rl")
 # Write failures that are the user's to fix (a read-only or full disk), not a bug: exit 2.
-WRITE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+WRITE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
 
 
 def resume_hint(argv: list[str]) -> str:

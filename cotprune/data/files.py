@@ -163,6 +163,46 @@ def list_parquet_files(path: str | Path) -> list[Path]:
     return [path]
 
 
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _is_int_list(t: pa.DataType) -> bool:
+    return (pa.types.is_list(t) or pa.types.is_large_list(t)) and (
+        pa.types.is_integer(t.value_type) or pa.types.is_null(t.value_type))
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_floating(t) or pa.types.is_integer(t)
+
+
+# The Arrow types of the columns cotprune writes (SPEC "Files"), checked on every read so that a
+# column of the wrong type is named here instead of failing deep inside a stage.
+KNOWN_TYPES = {
+    **{c: (_is_text, "string") for c in ("id", "question", "cot", "answer", "reference",
+                                         "method")},
+    **{c: (pa.types.is_integer, "integer") for c in ("cot_start", "cot_end", "answer_start",
+                                                    "answer_end", "original_tokens",
+                                                    "kept_tokens")},
+    **{c: (_is_int_list, "list of integers") for c in ("input_ids", "kept_positions",
+                                                      "prune_order")},
+    **{c: (_is_number, "number") for c in ("keep_ratio", "objective_nll")},
+}
+
+
+def check_types(table: pa.Table, file: str) -> None:
+    """Refuse (exit 2) a known column whose Arrow type is not the one cotprune writes."""
+    for name in table.column_names:
+        known = KNOWN_TYPES.get(name)
+        kind = table.schema.field(name).type
+        if known is None or pa.types.is_null(kind) or known[0](kind):
+            continue
+        column = table.column(name)
+        first = next((i for i, v in enumerate(column.is_valid().to_pylist()) if v), 0)
+        raise InputError(f"expected {known[1]} values, the column holds {kind}", file=file,
+                         row=f"#{first}", column=name)
+
+
 def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
     """Read a stage file (or part directory) whole; anything but Parquet is an InputError."""
     tables = []
@@ -172,6 +212,8 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
             tables.append(pq.read_table(f, columns=columns))
         except (pa.ArrowException, OSError) as e:  # empty, truncated, not Parquet at all
             raise InputError(f"not a readable Parquet file ({e})", file=str(f)) from None
+    for f, t in zip(files, tables, strict=True):
+        check_types(t, str(f))
     if len(tables) == 1:
         return tables[0]
     for f, t in zip(files[1:], tables[1:], strict=True):
@@ -214,7 +256,9 @@ def validate_chains(table: pa.Table, file: str, *, need: Iterable[str] = REQUIRE
             if not isinstance(v, str):
                 raise InputError(f"expected a string, got {type(v).__name__}", file=file,
                                  row=row, column=column)
-            if column in ("id", "cot") and not v.strip():
+            # A blank CoT has nothing to score or prune; a pruned row at keep 0 may be blank.
+            if not v.strip() and (column == "id" or (
+                    column == "cot" and "keep_ratio" not in table.column_names)):
                 raise InputError("empty value", file=file, row=row, column=column)
     if unique_ids:
         seen: set[str] = set()
@@ -237,6 +281,7 @@ def umask_mode(mode: int = 0o666) -> int:
 
 
 def _temp_path_beside(target: Path) -> Path:
+    check_writable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -248,13 +293,12 @@ def _temp_path_beside(target: Path) -> Path:
 def check_writable(target: str | Path) -> None:
     """Refuse (exit 2) an output whose directory cannot be written, before any work is done.
 
-    The nearest existing ancestor must be a writable directory: the missing ones below it are
-    created when the first file is written."""
+    The nearest existing ancestor (or the target itself, when it is a directory already, as a
+    sharded output is) must be a writable directory: the missing ones below it are created when
+    the first file is written."""
     target = Path(target).absolute()
-    if target.is_dir() and target.suffix == ".parquet":
-        raise InputError("output path is a directory", file=str(target))
-    parent = target.parent
-    while not parent.exists():
+    parent = target if target.is_dir() else target.parent
+    while not parent.exists() and not parent.is_symlink():
         parent = parent.parent
     if not parent.is_dir():
         raise InputError(f"cannot write here: {parent} is not a directory", file=str(target))

@@ -136,6 +136,9 @@ def _records(source: str, fmt: str, split: str) -> Iterator[tuple[str, dict]]:
 
 def _field(rec: dict, name: str, source: str, where: str, *, required: bool = True) -> str | None:
     value = rec.get(name)
+    if isinstance(value, (dict, list)):  # str() of it would import "{'a': 1}" as text
+        raise InputError(f"expected text, got {type(value).__name__}", file=source, row=where,
+                         column=name)
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
             what = "missing field" if name not in rec or value is None else "empty field"

@@ -29,6 +29,7 @@ from cotprune.core.models import ModelOptions
 from cotprune.core.stage import run_manifest
 from cotprune.data.files import (
     check_resumable,
+    check_writable,
     read_table,
     validate_chains,
     write_text_atomic,
@@ -186,6 +187,7 @@ class Trainer:
         self.step = 0
 
     def check_output(self) -> None:
+        check_writable(self.out)
         metrics = self.out / "metrics.jsonl"
         if metrics.exists() and not self.opts.resume:
             raise InputError("output directory holds a run: pass --resume to continue it, or "

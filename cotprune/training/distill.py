@@ -32,6 +32,7 @@ from cotprune.core.models import ModelOptions
 from cotprune.core.stage import run_manifest
 from cotprune.data.files import (
     check_resumable,
+    check_writable,
     read_table,
     validate_chains,
     write_text_atomic,
@@ -217,6 +218,7 @@ def plan_steps(lengths: list[int], opts: DistillOptions, packed: bool, world: in
 
 def check_outdir(outdir: Path, resume: bool) -> None:
     """A new run needs an empty (or missing) OUTDIR; a leftover run needs --resume."""
+    check_writable(outdir)
     if not outdir.exists():
         return
     if not outdir.is_dir():
