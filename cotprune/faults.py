@@ -6,9 +6,10 @@ greedy's mid-row state, after a training step or checkpoint. With the environmen
     COTPRUNE_FAULT=POINT:N[:ACTION][,POINT:N[:ACTION]...]
 
 the N-th time this process reaches POINT it does ACTION: `kill` (SIGKILL itself: the default,
-what a pre-empted job sees), `term` (SIGTERM itself, as `kill PID` would) or `enospc` (raise the
-OSError a full disk gives). The `write` point is reached inside every atomic file write, before
-the rename, so that an injected fault there lands in the middle of writing an output.
+what a pre-empted job sees), `term` (SIGTERM itself, as `kill PID` would), `int` (SIGINT, as
+Ctrl-C), `stop` (SIGSTOP: frozen with its locks held, for the two-writers test) or `enospc`
+(raise the OSError a full disk gives). The `write` point is reached inside every atomic file
+write, before the rename, so that an injected fault there lands in the middle of an output.
 
 Unset (always, outside the tests) this costs one dictionary look-up per call.
 """
@@ -45,6 +46,10 @@ def reached(point: str, path: object = None) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         elif action == "term":
             os.kill(os.getpid(), signal.SIGTERM)
+        elif action == "int":  # Ctrl-C
+            os.kill(os.getpid(), signal.SIGINT)
+        elif action == "stop":  # freeze, lock held, until the test kills it
+            os.kill(os.getpid(), signal.SIGSTOP)
         elif action == "enospc":
             raise OSError(errno.ENOSPC, "No space left on device (injected)",
                           None if path is None else str(path))

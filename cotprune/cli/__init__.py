@@ -41,7 +41,12 @@ class Terminated(KeyboardInterrupt):
     it unwinds exactly like Ctrl-C: finished chunks stay on disk, the output is released."""
 
 
+_terminated: list[int] = []  # the SIGTERMs received (click turns any KeyboardInterrupt into
+# its Abort, so the kind of interruption is remembered here rather than read off the exception)
+
+
 def _terminate(signum, frame) -> None:
+    _terminated.append(signum)
     raise Terminated
 
 
@@ -69,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
 
     setup_logging()
     args = list(sys.argv[1:] if argv is None else argv)
+    _terminated.clear()
     try:
         previous = signal.signal(signal.SIGTERM, _terminate)
     except ValueError:  # not the main thread (main() called from a library): leave it alone
@@ -107,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         close_outputs()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    if result == 130 and _terminated:
+        result = 143
     if result in (130, 143):
         what = "terminated" if result == 143 else "interrupted"
         print(f"cotprune: {what}; {resume_hint(args)}", file=sys.stderr)

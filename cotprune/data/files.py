@@ -381,6 +381,7 @@ class StageOutput:
         # at (or writes) anything of the first one's.
         lock_partial(self.partial, self.target)
         _open_outputs.append(self)
+        self._remove_stale_temps()
         try:
             if self.holds_work():
                 if not resume:
@@ -394,6 +395,13 @@ class StageOutput:
             self.close()
             raise
         self._chunks = sorted(self.partial.glob("chunk-*.parquet"))
+
+    def _remove_stale_temps(self) -> None:
+        """Temp files of writes a killed run never renamed: garbage, and ours to remove now that
+        this process holds the output's lock."""
+        for tmp in [*self.target.parent.glob(f".{self.target.name}.*.tmp"),
+                    *self.partial.glob(".*.tmp")]:
+            tmp.unlink(missing_ok=True)
 
     def holds_work(self) -> bool:
         """Whether the partial directory holds rows or mid-row state of a run."""
@@ -522,6 +530,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp = _temp_path_beside(path)
     try:
         tmp.write_text(text)
+        faults.reached("write", path)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from cotprune import faults
 from cotprune.console import log
 from cotprune.core.models import ModelOptions
 from cotprune.core.stage import run_manifest
@@ -421,6 +422,7 @@ class Trainer:
                          last["mean_length"], last["tokens_trained"], last["step_time_s"])
             if o.save_every and self.step % o.save_every == 0 and self.step < o.max_steps:
                 self.save_checkpoint()
+            faults.reached("step")
         self.save_checkpoint()  # also at the end: --resume with a larger --max-steps goes on
         self.save_final(manifest)
         return {"command": "rl", "steps": self.step, "output": str(self.out),
