@@ -200,7 +200,7 @@ def test_greedy_killed_mid_chain_resumes_to_identical_orders(mode, tmp_path, sho
     assert rows_of(out) == rows_of(tmp_path / "whole.parquet"), taken
 
 
-def questions_file(tmp_path: Path, n: int = 6) -> Path:
+def questions_file(tmp_path: Path, n: int = 8) -> Path:
     rows = [{"id": f"q{i}", "question": f"Q{i}: what is {i} + {i}?", "cot": "x", "answer": "",
              "reference": str(2 * i)} for i in range(n)]
     path = tmp_path / "questions.parquet"
@@ -211,7 +211,7 @@ def questions_file(tmp_path: Path, n: int = 6) -> Path:
 def test_sampled_generate_killed_at_random_batches_resumes_to_the_same_samples(tmp_path, model):
     args = ["generate", questions_file(tmp_path), "--model", model, "--device", "cpu",
             "--samples", "2", "--temperature", "0.9", "--max-new-tokens", "6",
-            "--batch-tokens", "40", "--seed", "3"]
+            "--batch-tokens", "1", "--seed", "3"]
     assert run_forked([*args, "-o", tmp_path / "whole.parquet"]).code == 0
     out = tmp_path / "killed.parquet"
     _, taken = kill_chain([*args, "-o", out], out, [("chunk", 1, 2), ("state", 1, 2),
@@ -221,7 +221,7 @@ def test_sampled_generate_killed_at_random_batches_resumes_to_the_same_samples(t
 
 def test_eval_killed_at_random_batches_resumes_to_identical_grades(tmp_path, model):
     args = ["eval", questions_file(tmp_path), "--model", model, "--device", "cpu",
-            "--max-new-tokens", "6", "--batch-tokens", "40"]
+            "--max-new-tokens", "6", "--batch-tokens", "1"]
     assert run_forked([*args, "-o", tmp_path / "whole.parquet"]).code == 0
     out = tmp_path / "killed.parquet"
     _, taken = kill_chain([*args, "-o", out], out, STAGE_CHUNKS, seed=4)
