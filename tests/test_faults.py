@@ -197,7 +197,17 @@ def test_greedy_killed_mid_chain_resumes_to_identical_orders(mode, tmp_path, sho
     out = tmp_path / "killed.parquet"
     _, taken = kill_chain([*args, "-o", out], out,
                           [("state", 1, 6), ("chunk", 1, 1), ("write", 2, 8)], seed=2)
-    assert rows_of(out) == rows_of(tmp_path / "whole.parquet"), taken
+    got, want = rows_of(out), rows_of(tmp_path / "whole.parquet")
+    if not mode:  # exact greedy recomputes every J each step: identical to the bit
+        assert got == want, taken
+    # Lazy greedy reuses J from the KV cache of earlier steps, which a resumed process no longer
+    # holds: it recomputes them, equal up to float rounding. The deletions must be identical.
+    floats = ("objective_nll", "objective_trace")
+    assert [{k: v for k, v in r.items() if k not in floats} for r in got] == \
+        [{k: v for k, v in r.items() if k not in floats} for r in want], taken
+    for g, w in zip(got, want, strict=True):
+        assert g["objective_nll"] == pytest.approx(w["objective_nll"], rel=1e-5)
+        assert g["objective_trace"] == pytest.approx(w["objective_trace"], rel=1e-5)
 
 
 def questions_file(tmp_path: Path, n: int = 8) -> Path:
@@ -249,12 +259,12 @@ def assert_same_tensors(a: Path, b: Path) -> None:
 def test_distill_killed_at_random_steps_resumes_to_identical_losses_and_weights(tmp_path,
                                                                                chains, model):
     args = ["distill", chains, "--model", model, "--device", "cpu", "--max-steps", "7",
-            "--batch-tokens", "300", "--save-every", "2", "--lora-dropout", "0.1",
+            "--batch-tokens", "300", "--save-every", "1", "--lora-dropout", "0.1",
             "--lr", "5e-3"]
     assert run_forked([*args, "-o", tmp_path / "whole"]).code == 0
     out = tmp_path / "killed"
     _, taken = kill_chain([*args, "-o", out], out / "adapter_model.safetensors",
-                          [("step", 1, 3), ("write", 1, 3)], seed=5)
+                          [("step", 1, 2), ("write", 1, 1)], seed=5)
     timing = ("tokens_per_s",)
     assert metrics(out, timing) == metrics(tmp_path / "whole", timing), taken
     assert_same_tensors(out / "adapter_model.safetensors",
@@ -268,10 +278,11 @@ def test_rl_killed_at_random_steps_resumes_to_identical_metrics_and_weights(tmp_
             "--save-every", "1", "--seed", "5"]
     assert run_forked([*args, "-o", tmp_path / "whole"]).code == 0, "uninterrupted run failed"
     out = tmp_path / "killed"
-    _, taken = kill_chain([*args, "-o", out], out / "model", [("step", 1, 2), ("write", 1, 2)],
+    _, taken = kill_chain([*args, "-o", out], out / "model", [("step", 1, 2), ("write", 1, 1)],
                           seed=6)
-    timing = ("step_time_s", "generation_s", "update_s", "peak_memory_mb", "tokens_per_s",
-              "time_s")
+    timing = tuple(k for k in json.loads((tmp_path / "whole" / "metrics.jsonl").read_text()
+                                         .splitlines()[0])
+                   if k.endswith("_s") or "memory" in k)  # wall-clock facts differ per run
     got, want = metrics(out, timing), metrics(tmp_path / "whole", timing)
     assert [m["step"] for m in got] == list(range(1, 7))
     assert got == want, taken
@@ -328,35 +339,29 @@ def test_sigterm_from_another_process_mid_greedy_exits_143_with_the_resume_comma
 
 # --- kill -9 at timers -----------------------------------------------------------------------
 
-def test_score_killed_by_timers_resumes_to_identical_rows(tmp_path, chains, model):
-    """kill -9 from outside at seeded random times (real processes, their start-up included)."""
-    base = [sys.executable, "-m", "cotprune", "score", str(chains), "--model", str(model),
-            "--device", "cpu", "--batch-tokens", "1", "--scorer", "surprisal,entropy,loo"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    env.pop(faults.ENV, None)
-    assert subprocess.run([*base, "-o", str(tmp_path / "whole.parquet")], env=env,
-                          capture_output=True).returncode == 0
+def test_score_killed_by_a_timer_resumes_to_identical_rows(tmp_path, chains, model,
+                                                           score_whole):
+    """kill -9 from outside at a seeded random time, as a scheduler would (a real process)."""
     out = tmp_path / "killed.parquet"
     partial = tmp_path / "killed.parquet.partial"
-    rng = random.Random(8)
-    kills = 0
-    for attempt in range(2):
-        proc = subprocess.Popen([*base, "-o", str(out), *(["--resume"] if attempt else [])],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        before = len(list(partial.glob("chunk-*")))
-        while proc.poll() is None and len(list(partial.glob("chunk-*"))) == before:
-            time.sleep(0.02)  # the work has begun (start-up is not the interesting part)
-        time.sleep(rng.uniform(0.0, 0.3))
-        if proc.poll() is None:
-            proc.kill()
-            kills += 1
-        proc.wait()
-        assert not out.exists() or proc.returncode == 0
-    done = subprocess.run([*base, "-o", str(out), "--resume"], env=env, capture_output=True,
-                          text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert kills >= 1
-    assert rows_of(out) == rows_of(tmp_path / "whole.parquet")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop(faults.ENV, None)
+    proc = subprocess.Popen([sys.executable, "-m", "cotprune",
+                             *map(str, score_args(chains, model)), "-o", str(out)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while proc.poll() is None and not any(partial.glob("chunk-*")):
+        assert time.monotonic() < deadline, "the run never wrote a chunk"
+        time.sleep(0.02)  # the work has begun (start-up is not the interesting part)
+    time.sleep(random.Random(8).uniform(0.0, 0.5))
+    killed = proc.poll() is None
+    proc.kill()
+    proc.wait()
+    assert killed, "the run finished before the timer: give it more work"
+    assert not out.exists()
+    resumed = run_forked([*score_args(chains, model), "-o", out, "--resume"])
+    assert resumed.code == 0, resumed.stderr
+    assert rows_of(out) == score_whole
 
 
 # --- two writers -----------------------------------------------------------------------------
