@@ -1,6 +1,6 @@
 """Deterministic fault injection, for the fault tests (tests/test_faults.py, docs/faults.md).
 
-A long stage calls `reached(POINT)` at its safe points: after a chunk of rows is written, after
+A long stage calls `fault_point(POINT)` at its safe points: after a chunk of rows is written, after
 greedy's mid-row state, after a training step or checkpoint. With the environment variable
 
     COTPRUNE_FAULT=POINT:N[:ACTION][,POINT:N[:ACTION]...]
@@ -33,7 +33,7 @@ def _plan(spec: str) -> list[tuple[str, int, str]]:
     return plan
 
 
-def reached(point: str, path: object = None) -> None:
+def fault_point(point: str, path: object = None) -> None:
     """Count one arrival at `point`; do what COTPRUNE_FAULT asks for on the N-th."""
     spec = os.environ.get(ENV)
     if not spec:

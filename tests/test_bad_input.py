@@ -392,3 +392,20 @@ def test_extra_columns_pass_through_score_prune_generate_and_eval(tmp_path, mode
         assert code == 0, (command, err)
         got = {(r["source"], r["difficulty"]) for r in read_table(out).to_pylist()}
         assert got == {("src-a", 0), ("src-b", 1)}, command
+
+
+def test_import_makes_ids_where_the_source_has_none_or_null(tmp_path):
+    no_id = {k: v for k, v in GOOD_LINE.items() if k != "id"}
+    src = _jsonl(tmp_path / "src.jsonl", [no_id, {**no_id, "id": None}])
+    code, _, err = run_cli("import", src, "-o", tmp_path / "o.parquet")
+    assert code == 0, err
+    assert read_table(tmp_path / "o.parquet").column("id").to_pylist() == ["src-00000",
+                                                                             "src-00001"]
+
+
+@pytest.mark.parametrize("case", ["blank-cot", "duplicate-id"])
+def test_show_renders_a_pruned_style_file_with_blank_cots_and_repeated_ids(case, tmp_path):
+    path = BAD[case][0](tmp_path, chains_table())
+    code, out, err = run_cli("show", path)
+    assert code == 0, err
+    assert "Half of 12?" in out or "What is 3+4?" in out

@@ -29,8 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cotprune import faults
 from cotprune.errors import InputError
+from cotprune.faults import fault_point
 from cotprune.version import __version__
 
 MANIFEST_KEY = b"cotprune"
@@ -315,7 +315,7 @@ def write_table(table: pa.Table, path: str | Path, manifest: dict | None = None)
     tmp = _temp_path_beside(target)
     try:
         pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
-        faults.reached("write", target)  # a fault here lands mid-write: the target is untouched
+        fault_point("write", target)  # a fault here lands mid-write: the target is untouched
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -444,7 +444,7 @@ class StageOutput:
     def write_state(self, name: str, text: str) -> None:
         self._open_partial()
         write_text_atomic(self.partial / name, text)
-        faults.reached("state")
+        fault_point("state")
 
     def append_state(self, name: str, lines: Iterable[str]) -> None:
         """Append lines to a state file; rewritten whole and atomically, because a kill in the
@@ -453,7 +453,7 @@ class StageOutput:
         path = self.partial / name
         before = path.read_text() if path.exists() else ""
         write_text_atomic(path, before + "".join(line + "\n" for line in lines))
-        faults.reached("state")
+        fault_point("state")
 
     def write(self, rows: list[dict], order: list[int]) -> None:
         """Append finished rows; `order[k]` is the input row index of `rows[k]`."""
@@ -466,7 +466,7 @@ class StageOutput:
         chunk = self.partial / f"chunk-{len(self._chunks):06d}.parquet"
         write_table(table, chunk)
         self._chunks.append(chunk)
-        faults.reached("chunk")
+        fault_point("chunk")
 
     def finish(self) -> int:
         """Assemble the chunks in input order into the target; return the row count."""
@@ -530,7 +530,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp = _temp_path_beside(path)
     try:
         tmp.write_text(text)
-        faults.reached("write", path)
+        fault_point("write", path)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-from cotprune import faults
 from cotprune.console import log
 from cotprune.core.models import ModelOptions
 from cotprune.core.stage import run_manifest
@@ -36,6 +35,7 @@ from cotprune.data.files import (
     write_text_atomic,
 )
 from cotprune.errors import InputError
+from cotprune.faults import fault_point
 from cotprune.rl import rewards as R
 from cotprune.rl.response_significance import ResponseSignificance, parse_significance, score_counts
 from cotprune.rl.rollout import Rollout, grade, sample_responses
@@ -422,7 +422,7 @@ class Trainer:
                          last["mean_length"], last["tokens_trained"], last["step_time_s"])
             if o.save_every and self.step % o.save_every == 0 and self.step < o.max_steps:
                 self.save_checkpoint()
-            faults.reached("step")
+            fault_point("step")
         self.save_checkpoint()  # also at the end: --resume with a larger --max-steps goes on
         self.save_final(manifest)
         return {"command": "rl", "steps": self.step, "output": str(self.out),

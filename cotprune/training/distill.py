@@ -27,7 +27,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cotprune import faults
 from cotprune.console import log
 from cotprune.core.models import ModelOptions
 from cotprune.core.stage import run_manifest
@@ -39,6 +38,7 @@ from cotprune.data.files import (
     write_text_atomic,
 )
 from cotprune.errors import InputError
+from cotprune.faults import fault_point
 
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
@@ -501,7 +501,7 @@ def run_distill(pruned: Path, outdir: Path, model_opts: ModelOptions,
                                 opts.keep_checkpoints)
             log.info("distill: step %d/%d loss %.4f lr %.2e %.0f tok/s", step + 1, total, loss,
                      record["lr"], record["tokens_per_s"])
-        faults.reached("step")
+        fault_point("step")
     summary = {"command": "distill", "examples": len(examples), "skipped": skipped,
                "steps": total, "resumed_from": start, "first_loss": first_loss,
                "final_loss": last_loss, "processes": d.world, "output": str(outdir)}
