@@ -421,3 +421,42 @@ def test_a_full_disk_exits_2_leaves_no_output_and_resume_completes(write, tmp_pa
     resumed = run_forked([*args, "-o", out, "--resume"])  # "space is freed"
     assert resumed.code == 0, resumed.stderr
     assert rows_of(out) == score_whole
+
+
+@pytest.mark.parametrize("command", ["distill", "rl"])
+def test_a_second_training_process_on_the_same_outdir_is_refused(command, tmp_path, chains,
+                                                                 model):
+    args = {"distill": ["distill", chains, "--max-steps", "4", "--batch-tokens", "300",
+                        "--save-every", "1"],
+            "rl": ["rl", chains, "--max-steps", "4", "--prompts-per-step", "2",
+                   "--num-generations", "2", "--max-new-tokens", "6", "--save-every", "1"]
+            }[command] + ["--model", model, "--device", "cpu", "-o", tmp_path / "out"]
+    first = os.fork()
+    if first == 0:  # freezes after its first step, holding the lock
+        os.environ[faults.ENV] = "step:1:stop"
+        faults.reset()
+        try:
+            import torch
+
+            torch.set_num_threads(1)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+            run_cli(*args)
+        finally:
+            os._exit(99)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # stopped by its own SIGSTOP
+            pid, status = os.waitpid(first, os.WUNTRACED | os.WNOHANG)
+            if pid and os.WIFSTOPPED(status):
+                break
+            assert not pid, "the first run ended instead of stopping"
+            assert time.monotonic() < deadline, "the first run never reached a step"
+            time.sleep(0.05)
+        second = run_forked([*args, "--resume"])
+        assert second.code == 2, second.stderr
+        assert "another cotprune process" in second.stderr and str(first) in second.stderr
+    finally:
+        os.kill(first, signal.SIGKILL)
+        os.waitpid(first, 0)
+    resumed = run_forked([*args, "--resume"])  # the lock died with the first process
+    assert resumed.code == 0, resumed.stderr[-2000:]

@@ -488,15 +488,19 @@ class StageOutput:
 LOCK_FILE = ".lock"  # in OUT.partial/: flock-ed by the process writing OUT, holds its pid
 _locks: dict[str, int] = {}  # partial directory -> the open lock file this process holds
 _open_outputs: list[StageOutput] = []  # closed by `close_outputs` when a command ends
+_made: set[str] = set()  # locked directories this process created (and may remove again)
 
 
 def lock_partial(partial: Path, target: Path) -> None:
-    """Hold an exclusive lock on `partial` for this process, or refuse (exit 2): two processes
-    writing one output would interleave their chunks. flock dies with its process, so the lock
-    of a run killed with -9 is never stale."""
+    """Hold an exclusive lock on `partial` (a directory: OUT.partial, or the OUTDIR of `distill`
+    and `rl`) for this process, or refuse (exit 2): two processes writing one output would
+    interleave their chunks or checkpoints. flock dies with its process, so the lock of a run
+    killed with -9 is never stale."""
     key = str(partial.absolute())
     if key in _locks:  # this process holds it (an earlier StageOutput of the same output)
         return
+    if not partial.exists():
+        _made.add(key)
     partial.mkdir(parents=True, exist_ok=True)
     fd = os.open(partial / LOCK_FILE, os.O_RDWR | os.O_CREAT, umask_mode())
     try:
@@ -518,11 +522,27 @@ def unlock_partial(partial: Path) -> None:
         os.close(fd)
 
 
+def lock_directory(directory: Path) -> None:
+    """The one-writer lock of an output directory (`distill`, `rl`), held until `close_outputs`;
+    the directory holds its `.lock` file meanwhile."""
+    lock_partial(Path(directory), Path(directory))
+
+
+def holds_only_lock(directory: Path) -> bool:
+    return directory.is_dir() and all(p.name == LOCK_FILE for p in directory.iterdir())
+
+
 def close_outputs() -> None:
     """Release every output this process still holds (the CLI calls this when a command ends,
-    however it ends)."""
+    however it ends). A locked directory that holds nothing but its lock is removed: a run that
+    failed before writing leaves nothing behind."""
     for output in list(_open_outputs):
         output.close()
+    for key in list(_locks):
+        unlock_partial(Path(key))
+        if key in _made and holds_only_lock(Path(key)):
+            shutil.rmtree(key, ignore_errors=True)
+    _made.clear()
 
 
 def write_text_atomic(path: Path, text: str) -> None:

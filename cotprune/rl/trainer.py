@@ -30,6 +30,7 @@ from cotprune.core.stage import run_manifest
 from cotprune.data.files import (
     check_resumable,
     check_writable,
+    lock_directory,
     read_table,
     validate_chains,
     write_text_atomic,
@@ -189,6 +190,8 @@ class Trainer:
 
     def check_output(self) -> None:
         check_writable(self.out)
+        if self.rank == 0:  # one writer per OUTDIR: a second process is refused (exit 2)
+            lock_directory(self.out)
         metrics = self.out / "metrics.jsonl"
         if metrics.exists() and not self.opts.resume:
             raise InputError("output directory holds a run: pass --resume to continue it, or "

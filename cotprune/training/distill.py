@@ -31,8 +31,10 @@ from cotprune.console import log
 from cotprune.core.models import ModelOptions
 from cotprune.core.stage import run_manifest
 from cotprune.data.files import (
+    LOCK_FILE,
     check_resumable,
     check_writable,
+    lock_directory,
     read_table,
     validate_chains,
     write_text_atomic,
@@ -224,7 +226,7 @@ def check_outdir(outdir: Path, resume: bool) -> None:
         return
     if not outdir.is_dir():
         raise InputError("the output of distill is a directory", file=str(outdir))
-    if any(outdir.iterdir()) and not resume:
+    if any(p.name != LOCK_FILE for p in outdir.iterdir()) and not resume:
         raise InputError("directory is not empty: pass --resume to continue its run, or choose "
                          "a new directory", file=str(outdir))
 
@@ -424,6 +426,8 @@ def run_distill(pruned: Path, outdir: Path, model_opts: ModelOptions,
 
     outdir = Path(outdir)
     d = init_distributed(model_opts.device)
+    if d.main:  # one writer per OUTDIR: a second process is refused (exit 2)
+        lock_directory(outdir)
     check_outdir(outdir, opts.resume)
     torch.manual_seed(opts.seed)
     model, tokenizer, autocast = load_student(model_opts, opts, d)
