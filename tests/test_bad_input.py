@@ -409,3 +409,63 @@ def test_show_renders_a_pruned_style_file_with_blank_cots_and_repeated_ids(case,
     code, out, err = run_cli("show", path)
     assert code == 0, err
     assert "Half of 12?" in out or "What is 3+4?" in out
+
+
+# --- predictor eval and prune --method predicted: bad greedy files, bad artifacts -------------
+
+@pytest.fixture(scope="module")
+def predictor_file(tmp_path_factory, pruned_table, model) -> Path:
+    d = tmp_path_factory.mktemp("predictor")
+    _write(pruned_table, d / "pruned.parquet")
+    code, _, err = run_cli(*COMMANDS["predictor-fit"](d / "pruned.parquet",
+                                                      d / "p.safetensors", model))
+    assert code == 0, err
+    return d / "p.safetensors"
+
+
+PREDICTOR_EVAL_CASES = [b for b in BAD if applies("predictor-fit", b)]
+
+
+@pytest.mark.parametrize("case", PREDICTOR_EVAL_CASES)
+def test_predictor_eval_of_a_bad_greedy_file_exits_2(case, tmp_path, model, pruned_table,
+                                                     predictor_file):
+    maker, names = BAD[case]
+    path = maker(tmp_path, pruned_table)
+    before = outputs_of(tmp_path)
+    named = path.name if case != "parts-disagree" else "parts"
+    assert_refused(["predictor", "eval", path, "--predictor", predictor_file, "--model", model,
+                    "--device", "cpu"], tmp_path, before, [named, *names])
+
+
+def bad_artifacts(d: Path, good: Path) -> dict[str, Path]:
+    empty = d / "empty.safetensors"
+    empty.write_bytes(b"")
+    cut = d / "cut.safetensors"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    parquet = _write(chains_table(), d / "chains.safetensors")
+    return {"empty": empty, "truncated": cut, "a parquet file": parquet}
+
+
+@pytest.mark.parametrize("command", ["prune-predicted", "predictor-eval"])
+def test_a_bad_predictor_artifact_exits_2_naming_it(command, tmp_path, model, pruned_table,
+                                                    predictor_file):
+    chains = _write(chains_table(), tmp_path / "c.parquet")
+    greedy = _write(pruned_table, tmp_path / "g.parquet")
+    for what, artifact in bad_artifacts(tmp_path, predictor_file).items():
+        args = (["prune", chains, "-o", tmp_path / "out.parquet", "--model", model, "--device",
+                 "cpu", "--method", "predicted", "--predictor", artifact, "--keep", "0.5"]
+                if command == "prune-predicted" else
+                ["predictor", "eval", greedy, "--predictor", artifact, "--model", model,
+                 "--device", "cpu"])
+        before = outputs_of(tmp_path)
+        code, _, err = run_cli(*args)
+        assert code == 2, (what, err)
+        assert artifact.name in err and "predictor" in err, (what, err)
+        assert outputs_of(tmp_path) == before, what
+
+
+def test_predictor_eval_of_a_chains_file_exits_2(tmp_path, model, predictor_file):
+    path = _write(chains_table(), tmp_path / "chains.parquet")
+    before = outputs_of(tmp_path)
+    assert_refused(["predictor", "eval", path, "--predictor", predictor_file, "--model", model,
+                    "--device", "cpu"], tmp_path, before, ["chains.parquet", "prune_order"])
