@@ -82,11 +82,12 @@ def run_cotprune(args, work: Path) -> dict:
     cl = ChainLayout(tok)
     # B rows of the longest chain: every micro-batch holds at least the B rows TRL takes per step
     longest = max(len(build_example(cl, r["question"], r["cot"], r["answer"])) for r in rows)
-    opts = DistillOptions(LoraOptions(16, 32, 0.05, "all-linear"), epochs=1.0, lr=args.lr,
+    lora = LoraOptions(r=16, alpha=32, dropout=0.05, targets="all-linear")
+    opts = DistillOptions(lora=lora, epochs=1.0, lr=args.lr,
                           warmup_ratio=0.0, batch_tokens=args.batch * longest,
                           max_length=args.max_length, packing=args.packing,
                           save_every=10**6, seed=args.seed)
-    model_opts = ModelOptions(args.model, dtype="float32", device=args.device)
+    model_opts = ModelOptions(model=args.model, dtype="float32", device=args.device)
     out = work / "cotprune-out"
     cpu_start = time.process_time()
     run_distill(data, out, model_opts, opts)
@@ -96,8 +97,8 @@ def run_cotprune(args, work: Path) -> dict:
     tokens = sum(m["tokens"] for m in metrics)
     from cotprune.core.models import load_model
 
-    model, tokenizer = load_model(ModelOptions(args.model, adapter=str(out), dtype="float32",
-                                               device=args.device))
+    model, tokenizer = load_model(ModelOptions(model=args.model, adapter=str(out),
+                                               dtype="float32", device=args.device))
     nll = mean_target_nll(model, tokenizer, rows, model.device)
     return {"framework": "cotprune", "steps": len(metrics), "tokens": tokens,
             "train_s": seconds, "tokens_per_s": tokens / seconds, "cpu_s": cpu_s,

@@ -30,7 +30,8 @@ def prompts_of(n: int, tokenizer) -> list[list[int]]:
     from cotprune.data.layout import ChainLayout
     from cotprune.data.synth import SynthOptions, synth_arithmetic
 
-    task = SynthOptions(2, 3, 20, 9, ("add", "sub"), "brief")  # the experiment's task
+    task = SynthOptions(min_steps=2, max_steps=3, max_start=20, max_operand=9,
+                        operations=("add", "sub"), style="brief")  # the experiment's task
     layout = ChainLayout(tokenizer)
     return [layout.prompt_ids(r["question"]) for r in synth_arithmetic(n, 777, task)]
 

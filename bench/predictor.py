@@ -53,8 +53,10 @@ def cross_validate(chains, features, folds: int, epochs: int, layers: int) -> di
                 net = train_ranknet([features[i].matrix() for i in train],
                                        [chains[i].ranks for i in train],
                                        FitOptions(arch=arch, loss=loss, epochs=epochs)).net
-                p = Predictor(PredictorSpec("", layers, feature_names(layers), arch, 64, loss),
-                              net)
+                spec = PredictorSpec(pruner_model="", layers=layers,
+                                     feature_names=feature_names(layers), arch=arch, hidden=64,
+                                     loss=loss)
+                p = Predictor(spec, net)
                 res = evaluate(p, [chains[i] for i in test], [features[i] for i in test])
                 sums.setdefault(f"{arch}-{loss}", []).append(res["spearman"] * len(test))
         for b in BASELINES:
@@ -110,8 +112,9 @@ def main() -> None:
         for loss in ("pairwise", "mse"):
             opts = FitOptions(arch=arch, loss=loss, epochs=args.epochs)
             net = train_ranknet(xs, ys, opts).net
-            spec = PredictorSpec(args.model, layers, feature_names(layers), arch,
-                                 opts.hidden, loss)
+            spec = PredictorSpec(pruner_model=args.model, layers=layers,
+                                 feature_names=feature_names(layers), arch=arch,
+                                 hidden=opts.hidden, loss=loss)
             variants[f"{arch}-{loss}"] = Predictor(spec, net)
     held_out = {name: evaluate(p, test, test_f) for name, p in variants.items()}
     cv = cross_validate(train, train_f, args.folds, args.epochs, layers)

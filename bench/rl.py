@@ -46,9 +46,11 @@ def run_mode(mode: str, extra: dict, args, queue) -> None:
     from cotprune.core.models import ModelOptions
     from cotprune.rl.trainer import RLOptions, build_policy
     from cotprune.rl.update import UpdateConfig, policy_update
+    from cotprune.training.parts.dist import init_distributed
 
     torch.set_num_threads(torch.get_num_threads())
-    pair, tok = build_policy(ModelOptions(device=args.device), RLOptions("", ""), 0, 1)
+    pair, tok = build_policy(ModelOptions(device=args.device),
+                             RLOptions(prompts="", output=""), init_distributed(args.device))
     device = next(pair.policy.parameters()).device
     samples = build_samples(tok, args.responses)
     longest = max(len(s.response_ids) for s in samples)

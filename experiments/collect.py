@@ -133,19 +133,41 @@ def arm_record(work: Path, name: str, tokenizer) -> dict:
     }
 
 
-def greedy_validation(work: Path) -> list[dict]:
-    """Fast-mode J against exact greedy's on the validation chains, per keep ratio (empty while
-    either file is missing: a partial run)."""
+def float32_objectives(model_name: str, rows: list[dict]) -> list[float]:
+    """J (reason-answer) of each pruned row's kept chain, recomputed with the model in float32:
+    the fast labels may come from a bfloat16 pruner, whose stored J carries its rounding."""
+    from cotprune.core.engine import sequence_objectives
+    from cotprune.core.models import ModelOptions, load_model
+    from cotprune.data.layout import join_segments
+
+    model, tokenizer = load_model(ModelOptions(model=model_name, device="cpu", dtype="float32"))
+    layouts = []
+    for r in rows:
+        ids, start = r["input_ids"], r["cot_start"]
+        # the trace's J counts every target after the CoT, end of turn included
+        answer = ids[r["answer_start"]:]
+        layouts.append(join_segments(ids[:start], [ids[start + i] for i in r["kept_positions"]],
+                                     answer))
+    return sequence_objectives(model, layouts, "reason-answer", batch_tokens=4096,
+                               pad_id=tokenizer.pad_token_id)
+
+
+def greedy_validation(work: Path, model_name: str) -> list[dict]:
+    """The labels' greedy mode against float32 exact greedy on the validation chains: J of both
+    recomputed in float32, per keep ratio (empty while either file is missing: a partial run)."""
     if not all((work / "pruned" / f).exists() for f in ("val-exact.parquet",
                                                          "fit-greedy.parquet")):
         return []
     exact = read_rows(work / "pruned" / "val-exact.parquet")
     fast = {(r["id"], round(r["keep_ratio"], 4)): r
             for r in read_rows(work / "pruned" / "fit-greedy.parquet")}
+    paired = [fast[(r["id"], round(r["keep_ratio"], 4))] for r in exact]
+    js = float32_objectives(model_name, exact + paired)
+    j_of = {id(r): j for r, j in zip(exact + paired, js, strict=True)}
     out = []
     for keep in sorted({round(r["keep_ratio"], 4) for r in exact}):
-        pairs = [(r["objective_nll"], fast[(r["id"], keep)]["objective_nll"])
-                 for r in exact if round(r["keep_ratio"], 4) == keep]
+        pairs = [(j_of[id(r)], j_of[id(f)]) for r, f in zip(exact, paired, strict=True)
+                 if round(r["keep_ratio"], 4) == keep]
         j_exact, j_fast = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
         out.append({"keep": keep, "chains": len(pairs), "J_exact": round(j_exact, 3),
                     "J_fast": round(j_fast, 3),
@@ -184,7 +206,7 @@ def main() -> None:
     model = read_manifest(args.work / "pruned" / "full.parquet").get("model")
     tokenizer = load_tokenizer(model)
     records = [arm_record(args.work, e, tokenizer) for e in args.evals.split()]
-    validation = greedy_validation(args.work)
+    validation = greedy_validation(args.work, model)
     result = {"experiment": args.name, "model": model, "arms": records,
               "greedy_validation": validation}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@
 #   torchrun --nproc-per-node 8 -m cotprune distill pruned.parquet -o student \
 #       --model Qwen/Qwen2.5-1.5B-Instruct --ratio-conditioned --epochs 3
 #   cotprune eval gsm8k-test.parquet -o eval.parquet --model Qwen/Qwen2.5-1.5B-Instruct \
-#       --adapter student --keep-ratio 0.7
+#       --adapter student --keep 0.7
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLI=${CLI:-.venv/bin/cotprune}

@@ -19,12 +19,22 @@ def reference_objective(terms: torch.Tensor, weights: torch.Tensor, lengths: lis
                         loss_type: str, *, max_new_tokens: int, num_responses: int | None = None,
                         total_tokens: int | None = None) -> float:
     """The objective (to maximise) of [B, T] `terms` with [B, T] `weights` (0 on padding)."""
-    sums = (terms.double() * weights.double()).sum(dim=1).tolist()
+    return float(objective_tensor(terms, weights, lengths, loss_type,
+                                  max_new_tokens=max_new_tokens, num_responses=num_responses,
+                                  total_tokens=total_tokens))
+
+
+def objective_tensor(terms: torch.Tensor, weights: torch.Tensor, lengths: list[int],
+                     loss_type: str, *, max_new_tokens: int, num_responses: int | None = None,
+                     total_tokens: int | None = None) -> torch.Tensor:
+    """`reference_objective` as a float64 tensor that keeps the gradient of `terms`."""
+    sums = (terms.double() * weights.double()).sum(dim=1)
     g = len(lengths) if num_responses is None else num_responses
     if loss_type == "grpo":
-        return sum(s / n for s, n in zip(sums, lengths, strict=True) if n > 0) / g
+        return sum((s / n for s, n in zip(sums, lengths, strict=True) if n > 0),
+                   sums.new_zeros(())) / g
     if loss_type == "dapo":
-        return sum(sums) / max(sum(lengths) if total_tokens is None else total_tokens, 1)
+        return sums.sum() / max(sum(lengths) if total_tokens is None else total_tokens, 1)
     if loss_type == "dr_grpo":
-        return sum(sums) / (g * max_new_tokens)
+        return sums.sum() / (g * max_new_tokens)
     raise ValueError(f"unknown loss type {loss_type!r}")

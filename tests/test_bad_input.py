@@ -52,7 +52,7 @@ def chains_table(rows: list[dict] = CHAINS, schema: pa.Schema = CHAIN_SCHEMA) ->
 
 # --- the commands: argv for (input, output, model) -------------------------------------------
 
-TINY_RL = ["--max-steps", "1", "--prompts-per-step", "1", "--num-generations", "2",
+TINY_RL = ["--max-steps", "1", "--prompts-per-step", "1", "--samples", "2",
            "--max-new-tokens", "4"]
 COMMANDS: dict[str, Callable[[Path, Path, Path], list]] = {
     "score": lambda f, o, m: ["score", f, "-o", o, "--model", m, "--device", "cpu",

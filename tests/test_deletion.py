@@ -133,6 +133,41 @@ def test_next_step_continues_kept_rows_and_agrees_with_a_fresh_scorer(tiny, obje
     assert scorer.tokens_run - before < fresh_scorer.tokens_run - len(after.ids)
 
 
+@pytest.mark.parametrize("best_of", [None, 2])
+def test_step_after_several_deletions_continues_rows_before_the_first(tiny, monkeypatch,
+                                                                       best_of):
+    """per_step > 1 deletes several tokens at once: S is no scored row then, but candidates
+    before the first deletion still go on from there, with the same J as a fresh scorer."""
+    model, tok = tiny
+    state = _state(tok, COTS[1])
+    gone = {7, 8, 12}
+    after = ChainState(state.prompt, [t for i, t in enumerate(state.cot) if i not in gone],
+                       state.answer)
+
+    def next_step(reuse: bool) -> tuple[float, dict[int, float], int]:
+        if not reuse:  # the rows of the last call are not continued: every candidate runs anew
+            monkeypatch.setattr(deletion, "first_difference", lambda *_: None)
+        scorer = DeletionScorer(model, "reason-answer", 96)
+        scorer.candidate_objectives(state, best_of=best_of)
+        before = scorer.tokens_run
+        base_j, js = scorer.candidate_objectives(after)
+        return base_j, js, scorer.tokens_run - before
+
+    base_j, js, ran = next_step(reuse=True)
+    fresh_j, fresh = DeletionScorer(model, "reason-answer", 96).candidate_objectives(after)
+    assert base_j == pytest.approx(fresh_j, abs=1e-4)
+    assert js == pytest.approx(fresh, abs=1e-4)
+    *_, ran_anew = next_step(reuse=False)
+    assert ran < ran_anew  # rows k < 7 started after 7
+
+
+def test_first_difference_finds_where_a_shorter_chain_departs():
+    assert deletion.first_difference([1, 2, 3, 4, 5, 6], [1, 2, 3, 5, 6], 1) == 2
+    assert deletion.first_difference([1, 2, 3, 4, 5], [1, 2, 3, 4], 1) == 3  # the last token
+    assert deletion.first_difference([1, 2, 3], [9, 2], 1) is None  # another prompt
+    assert deletion.first_difference([1, 2, 3], [1, 2, 3], 1) is None  # not shorter
+
+
 def test_rows_bounded_in_a_best_of_step_are_exact_in_a_plain_next_step(tiny, monkeypatch):
     """Rows cut at a checkpoint keep only bounds on their targets; the next step continues
     them, and a call without best_of must still give every J exactly."""
@@ -284,3 +319,19 @@ def test_equal_neighbours_get_exactly_equal_j(tiny):
     assert runs  # the chain has a run of equal tokens
     _, js = DeletionScorer(model, "reason-answer", 96).candidate_objectives(state)
     assert all(js[k] == js[k - 1] for k in runs)
+
+
+def test_kept_rows_hold_no_storage_beyond_their_own_kv(tiny):
+    """A kept row's KV must not be a view into its job's whole cache, or every row that lives on
+    keeps the job's other rows alive too (memory grew step after step)."""
+    model, tok = tiny
+    state = _state(tok, COTS[1])
+    scorer = DeletionScorer(model, "reason-answer", 96, checkpoints=(6, 3))
+    scorer.candidate_objectives(state, best_of=1)
+    d = 9
+    scorer.candidate_objectives(ChainState(state.prompt, state.cot[:d] + state.cot[d + 1:],
+                                           state.answer), best_of=1)
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for row in scorer._rows.values() if row.kv for pair in row.kv for t in pair}
+    own = sum(deletion._kv_bytes(row) for row in scorer._rows.values())
+    assert own > 0 and sum(storages.values()) == own

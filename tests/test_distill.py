@@ -74,6 +74,31 @@ def test_resume_gives_the_same_losses(tiny_gpt2_model, tmp_path):
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
+def test_adapter_continues_training_from_that_adapter(tiny_gpt2_model, tmp_path):
+    """`--adapter A` trains A's LoRA weights on: with a vanishing learning rate the result is A
+    (a fresh adapter would start from lora_B = 0), and the manifest names A."""
+    from safetensors.torch import load_file
+
+    data = _pruned_file(tmp_path / "pruned.parquet", n=2)
+    common = ["--model", tiny_gpt2_model, "--max-steps", "1", "--device", "cpu"]
+    first = tmp_path / "first"
+    code, _, err = run_cli("distill", data, "-o", first, *common, "--lr", "5e-3")
+    assert code == 0, err
+    then = tmp_path / "then"
+    code, _, err = run_cli("distill", data, "-o", then, *common, "--lr", "1e-12",
+                           "--adapter", first, "--lora-r", "4")  # A's own rank applies
+    assert code == 0, err
+    wa, wb = load_file(first / "adapter_model.safetensors"), load_file(
+        then / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys()
+    assert any(wa[k].abs().max() > 1e-4 for k in wa if "lora_B" in k)  # A is not a fresh init
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-8) for k in wa)
+    assert json.loads((then / "distill.json").read_text())["adapter"] == str(first)
+    code, _, err = run_cli("distill", data, "-o", tmp_path / "full", *common, "--full",
+                           "--adapter", first)
+    assert code == 2 and "--adapter" in err and not (tmp_path / "full").exists()
+
+
 def test_ratio_conditioned_round_trip_through_eval(tiny_qwen_model, tmp_path, monkeypatch):
     from cotprune.training import generate_chains as gen_stage
 
@@ -100,7 +125,7 @@ def test_ratio_conditioned_round_trip_through_eval(tiny_qwen_model, tmp_path, mo
 
     monkeypatch.setattr(gen_stage, "generate_batch", spy)
     code, stdout, err = run_cli("eval", data, "-o", tmp_path / "eval.parquet", "--model",
-                                tiny_qwen_model, "--adapter", out, "--keep-ratio", "0.5",
+                                tiny_qwen_model, "--adapter", out, "--keep", "0.5",
                                 "--max-new-tokens", "2", "--device", "cpu")
     assert code == 0, err
     assert summary_of(stdout)["keep_ratio"] == 0.5
@@ -169,7 +194,7 @@ def test_two_cpu_processes_match_one_with_accumulation(tiny_gpt2_model, tmp_path
 
 
 def test_keep_ratio_picks_rows_of_a_multi_ratio_file(tiny_gpt2_model, tmp_path):
-    """`--keep-ratio 0.5` trains on the 0.5 rows only; a ratio the file lacks is exit 2."""
+    """`--keep 0.5` trains on the 0.5 rows only; a ratio the file lacks is exit 2."""
     from cotprune.errors import InputError
     from cotprune.training.distill import rows_with_ratios
 
@@ -181,9 +206,9 @@ def test_keep_ratio_picks_rows_of_a_multi_ratio_file(tiny_gpt2_model, tmp_path):
     with pytest.raises(InputError, match="0.3"):
         rows_with_ratios(table, (0.3,), "p")
     code, stdout, err = run_cli("distill", pruned, "-o", tmp_path / "s", "--model",
-                                tiny_gpt2_model, "--max-steps", "1", "--keep-ratio", "0.9")
+                                tiny_gpt2_model, "--max-steps", "1", "--keep", "0.9")
     assert code == 0, err
     assert summary_of(stdout)["examples"] == 3
     code, _, err = run_cli("distill", pruned, "-o", tmp_path / "t", "--model",
-                           tiny_gpt2_model, "--keep-ratio", "0.3")
+                           tiny_gpt2_model, "--keep", "0.3")
     assert code == 2 and "keep_ratio" in err and not (tmp_path / "t").exists()

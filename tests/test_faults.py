@@ -274,7 +274,7 @@ def test_distill_killed_at_random_steps_resumes_to_identical_losses_and_weights(
 def test_rl_killed_at_random_steps_resumes_to_identical_metrics_and_weights(tmp_path, chains,
                                                                            model):
     args = ["rl", chains, "--model", model, "--device", "cpu", "--max-steps", "6",
-            "--prompts-per-step", "2", "--num-generations", "2", "--max-new-tokens", "6",
+            "--prompts-per-step", "2", "--samples", "2", "--max-new-tokens", "6",
             "--save-every", "1", "--seed", "5"]
     assert run_forked([*args, "-o", tmp_path / "whole"]).code == 0, "uninterrupted run failed"
     out = tmp_path / "killed"
@@ -429,7 +429,7 @@ def test_a_second_training_process_on_the_same_outdir_is_refused(command, tmp_pa
     args = {"distill": ["distill", chains, "--max-steps", "4", "--batch-tokens", "300",
                         "--save-every", "1"],
             "rl": ["rl", chains, "--max-steps", "4", "--prompts-per-step", "2",
-                   "--num-generations", "2", "--max-new-tokens", "6", "--save-every", "1"]
+                   "--samples", "2", "--max-new-tokens", "6", "--save-every", "1"]
             }[command] + ["--model", model, "--device", "cpu", "-o", tmp_path / "out"]
     first = os.fork()
     if first == 0:  # freezes after its first step, holding the lock

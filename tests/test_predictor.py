@@ -284,3 +284,33 @@ def test_fit_with_a_bad_model_exits_2_and_writes_nothing(greedy_file, tmp_path):
                            "/no/such/model", "--device", "cpu")
     assert code == 2 and "/no/such/model" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_greedy_with_the_predictor_as_prior_scores_a_shortlist(chains_path, predictor_file,
+                                                               tiny_gpt2_model, tmp_path):
+    """--method greedy --predictor P --shortlist M: greedy rows, fewer tokens than exact
+    greedy (the summary counts the prior's forwards too), the trace exact J."""
+    out = tmp_path / "guided.parquet"
+    code, stdout, err = run_cli("prune", chains_path, "-o", out, "--model", tiny_gpt2_model,
+                                "--device", "cpu", "--method", "greedy", "--predictor",
+                                predictor_file, "--shortlist", "2", "--keep", "0.7,0.5")
+    assert code == 0, err
+    guided = summary_of(stdout)
+    exact_code, exact_out, _ = run_cli("prune", chains_path, "-o", tmp_path / "exact.parquet",
+                                       "--model", tiny_gpt2_model, "--device", "cpu",
+                                       "--keep", "0.7,0.5")
+    assert exact_code == 0
+    assert guided["tokens_run"] < summary_of(exact_out)["tokens_run"]
+    rows = read_table(out).to_pylist()
+    assert len(rows) == 6 and {r["method"] for r in rows} == {"greedy"}
+    for r in rows:
+        assert r["kept_tokens"] == len(r["kept_positions"])
+
+
+def test_greedy_with_a_predictor_needs_a_shortlist(chains_path, predictor_file,
+                                                   tiny_gpt2_model, tmp_path):
+    out = tmp_path / "g.parquet"
+    code, _, err = run_cli("prune", chains_path, "-o", out, "--model", tiny_gpt2_model,
+                           "--device", "cpu", "--method", "greedy", "--predictor",
+                           predictor_file)
+    assert code == 2 and "--shortlist" in err and not out.exists()

@@ -196,3 +196,33 @@ def test_missing_model_exits_2(short_chains, tmp_path):
     code, _, stderr = run_cli("prune", short_chains, "-o", out, "--model", "/no/such/model")
     assert code == 2 and "/no/such/model" in stderr
     assert not out.exists() and not (tmp_path / "bad.parquet.partial").exists()
+
+
+def test_greedy_summary_counts_the_work_run(short_chains, tmp_path, tiny_gpt2_model):
+    """The summary's counters are the deletion scorer's own, summed over the chains, and the
+    published algorithm's tokens follow from the chain lengths."""
+    from cotprune.core.deletion import DeletionScorer
+    from cotprune.core.models import ModelOptions, load_model
+    from cotprune.data.layout import ChainLayout
+    from cotprune.pruning.greedy import greedy_prune, published_tokens
+
+    summary, _ = prune(short_chains, tmp_path / "g.parquet", tiny_gpt2_model, "--keep", "0.5")
+    model, tokenizer = load_model(ModelOptions(model=str(tiny_gpt2_model), device="cpu"))
+    layouter = ChainLayout(tokenizer)
+    scorer = DeletionScorer(model, "reason-answer", 4096)
+    published = 0
+    for chain in read_table(short_chains).to_pylist():
+        x = layouter.layout(chain["question"], chain["cot"], chain["answer"])
+        n, answer = len(x.cot_ids), x.input_ids[x.answer_start:]
+        greedy_prune(scorer, x.input_ids[:x.cot_start], x.cot_ids, answer, n - n // 2)
+        published += published_tokens(x.cot_start, n, len(answer), n - n // 2)
+    assert {key: summary[key] for key in scorer.counts()} == scorer.counts()
+    assert summary["forwards"] > 0 and summary["projection_rows"] > 0
+    assert summary["published_tokens"] == published
+    assert summary["published_ratio"] == round(published / summary["tokens_run"], 3) > 1
+
+
+def test_static_summary_has_no_scorer_counts(short_chains, tmp_path, tiny_gpt2_model):
+    summary, _ = prune(short_chains, tmp_path / "s.parquet", tiny_gpt2_model,
+                       "--method", "surprisal", "--keep", "0.5")
+    assert summary["tokens_run"] is None and "published_tokens" not in summary

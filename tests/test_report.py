@@ -354,3 +354,15 @@ def test_token_colour_helpers():
     assert sample_ids(ids, 200, 0) == ids
     s = sample_ids(ids, 10, 7)
     assert len(s) == 10 and s == sorted(s, key=int) and s == sample_ids(ids, 10, 7)
+
+
+def test_show_decodes_with_tokenizer_when_the_manifest_model_is_gone(tmp_path, gpt2_tokenizer):
+    """`show --tokenizer` means what `report --tokenizer` means: decode with this tokenizer."""
+    pruned = tmp_path / "pruned.parquet"
+    write_table(make_pruned(gpt2_tokenizer), pruned, {"command": "prune",
+                                                      "model": str(tmp_path / "gone")})
+    code, _, stderr = run_cli("show", pruned, "--limit", "1")
+    assert code == 2 and "gone" in stderr
+    code, stdout, stderr = run_cli("show", pruned, "--limit", "1", "--tokenizer", GPT2)
+    assert code == 0, stderr
+    assert "Q:" in stdout

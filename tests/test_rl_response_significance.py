@@ -223,17 +223,18 @@ def _prompts(tmp_path):
     return path
 
 
-ONE_STEP = ["--max-steps", "1", "--prompts-per-step", "2", "--num-generations", "2",
+ONE_STEP = ["--max-steps", "1", "--prompts-per-step", "2", "--samples", "2",
             "--max-new-tokens", "6", "--reward", "bingo", "--device", "cpu"]
 
 
 def test_cli_bingo_with_each_scorer(tiny_gpt2_model, classifier_dir, predictor_path, tmp_path):
     prompts = _prompts(tmp_path)
-    for name, spec in [("att", "attention"), ("cls", f"model:{classifier_dir}"),
-                       ("pred", f"predictor:{predictor_path}")]:
+    for name, flags in [("att", ["attention"]),
+                        ("cls", ["model", "--significance-model", classifier_dir]),
+                        ("pred", ["predictor", "--predictor", predictor_path])]:
         out = tmp_path / name
         code, _, err = run_cli("rl", prompts, "-o", out, "--model", tiny_gpt2_model, *ONE_STEP,
-                               "--significance", spec)
+                               "--significance", *flags)
         assert code == 0, err
         metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         assert [m["step"] for m in metrics] == [1] and "bingo_w" in metrics[0]
@@ -241,10 +242,14 @@ def test_cli_bingo_with_each_scorer(tiny_gpt2_model, classifier_dir, predictor_p
 
 def test_cli_bad_significance_exits_2_without_output(tiny_qwen_model, predictor_path, tmp_path):
     prompts = _prompts(tmp_path)
-    for spec in ["bogus", "predictor:", "model:", f"predictor:{tmp_path / 'none.st'}",
-                 f"predictor:{predictor_path}"]:  # the last: fitted for another model
+    for flags, named in [
+            (["bogus"], "--significance"), (["predictor"], "--predictor"),
+            (["model"], "--significance-model"),
+            (["predictor", "--predictor", tmp_path / "none.st"], "--predictor"),
+            (["attention", "--predictor", predictor_path], "--predictor"),
+            (["predictor", "--predictor", predictor_path], "predictor")]:  # for another model
         out = tmp_path / "out"
         code, _, err = run_cli("rl", prompts, "-o", out, "--model", tiny_qwen_model, *ONE_STEP,
-                               "--significance", spec)
-        assert code == 2, (spec, err)
+                               "--significance", *flags)
+        assert code == 2 and named in err, (flags, err)
         assert not out.exists()

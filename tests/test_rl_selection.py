@@ -57,7 +57,7 @@ def test_horvitz_thompson_is_unbiased(method):
 def test_rpc_weights_exactly_unbiased(a, length):
     """E[weight_t] = sum over cuts c of P(c) * 1[t <= c] / pi_t = 1, enumerated exactly."""
     lo = math.ceil(a * length)
-    pi = rpc_inclusion(length, a)
+    pi = rpc_inclusion(torch.tensor([float(length)], dtype=torch.float64), a, length)[0]
     expected = torch.zeros(length, dtype=torch.float64)
     for c in range(lo, length + 1):
         expected[:c] += (1.0 / (length - lo + 1)) / pi[:c]

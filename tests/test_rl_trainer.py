@@ -138,7 +138,7 @@ def _prompts(tmp_path, n=4, drop=None):
     return path
 
 
-TINY = ["--max-steps", "2", "--prompts-per-step", "2", "--num-generations", "2",
+TINY = ["--max-steps", "2", "--prompts-per-step", "2", "--samples", "2",
         "--max-new-tokens", "6"]
 
 
@@ -146,7 +146,7 @@ def test_cli_bad_input_exits_2_without_output(tiny_qwen_model, tmp_path):
     prompts = _prompts(tmp_path)
     cases = [["--reward", "nope"], ["--token-select", "half"],
              ["--reward", "bingo", "--significance", "bogus"],
-             ["--advantage", "rloo", "--num-generations", "1"], ["--rho", "0"]]
+             ["--advantage", "rloo", "--samples", "1"], ["--rho", "0"]]
     for extra in cases:
         out = tmp_path / "out"
         code, _, err = run_cli("rl", prompts, "-o", out, "--model", tiny_qwen_model, *extra)
@@ -195,7 +195,7 @@ def test_default_model_runs_every_reward_and_selection(default_model_cache, tmp_
     for k, extra in enumerate(runs):
         out = tmp_path / f"run{k}"
         code, stdout, err = run_cli("rl", prompts, "-o", out, "--max-steps", "1",
-                                    "--prompts-per-step", "1", "--num-generations", "2",
+                                    "--prompts-per-step", "1", "--samples", "2",
                                     "--max-new-tokens", "8", "--temperature", "0.8", *extra)
         assert code == 0, err[-2000:]
         metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

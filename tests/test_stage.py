@@ -23,7 +23,7 @@ MODEL_COMMANDS = {
     "eval": ["eval", "{input}", "-o", "{out}", "--max-new-tokens", "2"],
     "distill": ["distill", "{input}", "-o", "{out}", "--max-steps", "1"],
     "rl": ["rl", "{input}", "-o", "{out}", "--max-steps", "1", "--max-new-tokens", "2",
-           "--prompts-per-step", "1", "--num-generations", "2"],
+           "--prompts-per-step", "1", "--samples", "2"],
 }
 NO_MODEL_COMMANDS = {
     "import": ["import", "{input}", "-o", "{out}", "--format", "parquet"],
@@ -164,7 +164,7 @@ def test_summary_is_printed_by_rank_0_only(tmp_path, tiny_gpt2_model, monkeypatc
 @pytest.mark.parametrize("command, first, change, named", [
     ("distill", ["--max-steps", "1"], ["--lr", "0.1"], "option lr"),
     ("rl", ["--max-steps", "1", "--max-new-tokens", "2", "--prompts-per-step", "1",
-            "--num-generations", "2"], ["--alpha", "0.5"], "option alpha"),
+            "--samples", "2"], ["--alpha", "0.5"], "option alpha"),
 ])
 def test_training_resume_refuses_other_options(command, first, change, named, tmp_path,
                                                tiny_gpt2_model):

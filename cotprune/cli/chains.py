@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cotprune.cli import app
-from cotprune.cli.options import Config, Limit, Output, Seed
+from cotprune.cli.options import Config, Limit, Output, Seed, Tokenizer, parse_list
 
 
 @app.command("import")
@@ -33,7 +33,8 @@ def import_cmd(
     from cotprune.data.files import CHAIN_SCHEMA, make_manifest, write_table
     from cotprune.data.importers import FieldMap, import_chains
 
-    fields = FieldMap(question_field, cot_field, answer_field, reference_field, id_field)
+    fields = FieldMap(question=question_field, cot=cot_field, answer=answer_field,
+                      reference=reference_field, id=id_field)
     rows = import_chains(source, format, fields=fields, keep_calc=keep_calc, split=split,
                          limit=limit)
     import pyarrow as pa
@@ -66,7 +67,6 @@ def synth_cmd(
 
     import pyarrow as pa
 
-    from cotprune.cli.options import parse_list
     from cotprune.console import emit_summary
     from cotprune.data.files import CHAIN_SCHEMA, make_manifest, write_table
     from cotprune.data.synth import SynthOptions, parse_steps, synth_arithmetic
@@ -75,8 +75,10 @@ def synth_cmd(
     if kind != "arithmetic":
         raise InputError(f"synth knows only 'arithmetic', got {kind!r}")
     min_steps, max_steps = parse_steps(steps)
-    opts = SynthOptions(min_steps, max_steps, max_start, max_operand,
-                        tuple(parse_list(operations, "--operations", str)), style)
+    opts = SynthOptions(min_steps=min_steps, max_steps=max_steps, max_start=max_start,
+                        max_operand=max_operand,
+                        operations=tuple(parse_list(operations, "--operations", str)),
+                        style=style)
     rows = synth_arithmetic(n, seed, opts)
     write_table(pa.Table.from_pylist(rows, schema=CHAIN_SCHEMA), output,
                 make_manifest("synth", kind=kind, n=n, seed=seed, options=asdict(opts)))
@@ -88,11 +90,13 @@ def show_cmd(
     file: Annotated[Path, typer.Argument(help="A chains, scores or pruned file.")],
     id: Annotated[Optional[str], typer.Option("--id", help="Show only this chain.")] = None,
     keep: Annotated[Optional[float], typer.Option(
-        "--keep", help="Pruned files: show this keep ratio.")] = None,
+        "--keep", help="Pruned files: show this keep ratio (default: the smallest present).")
+    ] = None,
+    tokenizer: Tokenizer = None,
     limit: Limit = 3,
     config: Config = None,
 ) -> None:
     """Render chains in the terminal (pruned files: deleted tokens struck through)."""
     from cotprune.report.show import show_file
 
-    show_file(file, chain_id=id, keep=keep, limit=limit)
+    show_file(file, chain_id=id, keep=keep, limit=limit, tokenizer=tokenizer)

@@ -8,39 +8,26 @@ from typing import Annotated
 import typer
 
 from cotprune.cli import app
-from cotprune.cli.options import (
-    Adapter,
-    BatchTokens,
-    Config,
-    Device,
-    Dtype,
-    Limit,
-    Output,
-    Seed,
-    TrustRemoteCode,
-)
+from cotprune.cli import options as o
+from cotprune.core.models import ModelOptions
 
 predictor_app = typer.Typer(help="Fit and evaluate a greedy-rank predictor (prune --method "
                                  "predicted).", no_args_is_help=True)
 app.add_typer(predictor_app, name="predictor")
 
 PrunedFile = Annotated[Path, typer.Argument(help="Output of `prune --method greedy`.")]
-OptionalModel = Annotated[str | None, typer.Option(
-    "--model", help="Pruner model (fit: default the greedy file's model and adapter; eval: "
-                    "the predictor's).")]
-
-
-def _model_options(model, adapter, dtype, device, trust_remote_code):
-    from cotprune.core.models import ModelOptions
-
-    return ModelOptions(model=model, adapter=adapter, dtype=dtype, device=device,
-                        trust_remote_code=trust_remote_code)
+# No default model: features must come from the model that pruned (fit) or that the predictor
+# was fitted for (eval), which the input names.
+pruner_model = o.model_options(default_model=None, model_help=(
+    "Pruner model (fit: default the greedy file's model and adapter; eval: the predictor's)."))
 
 
 @predictor_app.command("fit")
+@pruner_model
 def fit_cmd(
     pruned: PrunedFile,
-    output: Output,
+    output: o.Output,
+    model_opts: ModelOptions,
     arch: Annotated[str, typer.Option("--arch", help="mlp (2 layers) or linear.")] = "mlp",
     loss: Annotated[str, typer.Option(
         "--loss", help="pairwise (RankNet, per chain) or mse (on the normalised rank).")
@@ -53,17 +40,14 @@ def fit_cmd(
         "--val-fraction", help="Chains held out to choose the epoch count (the best mean "
                                "Spearman); the final fit uses every chain. 0: no validation.")
     ] = 0.1,
-    model: OptionalModel = None,
-    adapter: Adapter = None,
-    dtype: Dtype = "auto",
-    device: Device = "auto",
-    trust_remote_code: TrustRemoteCode = False,
-    batch_tokens: BatchTokens = 8192,
-    seed: Seed = 0,
-    limit: Limit = None,
-    config: Config = None,
+    batch_tokens: o.BatchTokens = 8192,
+    seed: o.Seed = 0,
+    limit: o.Limit = None,
+    config: o.Config = None,
 ) -> None:
     """Train a rank predictor on greedy pruning output; write one safetensors artifact."""
+    from dataclasses import replace
+
     from cotprune.console import emit_summary
     from cotprune.core.models import DEFAULT_MODEL
     from cotprune.data.files import read_manifest
@@ -74,33 +58,30 @@ def fit_cmd(
                       weight_decay=weight_decay, seed=seed, batch_tokens=batch_tokens,
                       val_fraction=val_fraction)
     # Features must come from the model that pruned: its manifest names it, adapter included.
-    pruned_by = read_manifest(pruned) or {}
-    if model is None:
-        model = pruned_by.get("model") or DEFAULT_MODEL
-        adapter = adapter or pruned_by.get("adapter")
-    emit_summary(fit_predictor(pruned, output, _model_options(
-        model, adapter, dtype, device, trust_remote_code), opts, limit=limit))
+    if model_opts.model is None:
+        pruned_by = read_manifest(pruned) or {}
+        model_opts = replace(model_opts, model=pruned_by.get("model") or DEFAULT_MODEL,
+                             adapter=model_opts.adapter or pruned_by.get("adapter"))
+    emit_summary(fit_predictor(pruned, output, model_opts, opts, limit=limit))
 
 
 @predictor_app.command("eval")
+@pruner_model
 def eval_cmd(
     pruned: PrunedFile,
     predictor: Annotated[Path, typer.Option("--predictor", help="A `predictor fit` file.")],
-    model: OptionalModel = None,
-    adapter: Adapter = None,
-    dtype: Dtype = "auto",
-    device: Device = "auto",
-    trust_remote_code: TrustRemoteCode = False,
-    batch_tokens: BatchTokens = 8192,
-    limit: Limit = None,
-    config: Config = None,
+    model_opts: ModelOptions,
+    batch_tokens: o.BatchTokens = 8192,
+    limit: o.Limit = None,
+    config: o.Config = None,
 ) -> None:
     """Spearman of predicted vs greedy ranks (and of each raw feature), keep-set overlaps."""
+    from dataclasses import replace
+
     from cotprune.console import emit_summary
     from cotprune.pruning.predictor import eval_predictor, read_predictor
 
-    if model is None:
-        model = read_predictor(predictor).spec.pruner_model
-    emit_summary(eval_predictor(pruned, predictor, _model_options(
-        model, adapter, dtype, device, trust_remote_code), batch_tokens=batch_tokens,
-        limit=limit))
+    if model_opts.model is None:
+        model_opts = replace(model_opts, model=read_predictor(predictor).spec.pruner_model)
+    emit_summary(eval_predictor(pruned, predictor, model_opts, batch_tokens=batch_tokens,
+                                limit=limit))

@@ -8,28 +8,19 @@ from typing import Annotated, Optional
 import typer
 
 from cotprune.cli import app
-from cotprune.cli.options import (
-    Adapter,
-    BatchTokens,
-    Config,
-    Device,
-    Dtype,
-    Limit,
-    Model,
-    Output,
-    Resume,
-    Seed,
-    ShardSpec,
-    TrustRemoteCode,
-    parse_list,
-)
-from cotprune.core.models import DEFAULT_MODEL
+from cotprune.cli import options as o
+from cotprune.core.models import ModelOptions
+from cotprune.core.stage import RunOptions
 
 
 @app.command("prune")
+@o.model_options()
+@o.stage_options()
 def prune_cmd(
     chains: Annotated[Path, typer.Argument(help="Chains (or scores) file or directory.")],
-    output: Output,
+    output: o.Output,
+    model_opts: ModelOptions,
+    run: RunOptions,
     method: Annotated[str, typer.Option(
         "--method", help="greedy|surprisal|entropy|attention|loo|predicted|random.")] = "greedy",
     keep: Annotated[str, typer.Option(
@@ -49,38 +40,25 @@ def prune_cmd(
     protect: Annotated[Optional[str], typer.Option(
         "--protect", help="'digits' or a regex: matching tokens are never deleted.")] = None,
     max_cot_tokens: Annotated[Optional[int], typer.Option(
-        "--max-cot-tokens", help="Skip chains with longer CoTs (guards greedy's run time).")
-    ] = 1024,
+        "--max-cot-tokens", help="Skip chains with more CoT tokens than this, and count them "
+                                 "(guards greedy's run time).")] = 1024,
     predictor: Annotated[Optional[Path], typer.Option(
-        "--predictor", help="predicted: a file written by `predictor fit`.")] = None,
+        "--predictor", help="predicted: a file written by `predictor fit`; greedy with "
+        "--shortlist M: its learned prior picks the M candidates each step scores.")] = None,
     repredict_every: Annotated[Optional[int], typer.Option(
         "--repredict-every", help="predicted: re-predict after every K deletions.")] = None,
-    model: Model = DEFAULT_MODEL,
-    adapter: Adapter = None,
-    dtype: Dtype = "auto",
-    device: Device = "auto",
-    trust_remote_code: TrustRemoteCode = False,
-    batch_tokens: BatchTokens = 4096,
-    seed: Seed = 0,
-    limit: Limit = None,
-    resume: Resume = False,
-    shard: ShardSpec = None,
-    config: Config = None,
+    batch_tokens: o.BatchTokens = 4096,
+    config: o.Config = None,
 ) -> None:
     """Prune chains: one output row per chain and keep ratio, with J of each pruned chain."""
     from cotprune.console import emit_summary
-    from cotprune.core.models import ModelOptions
-    from cotprune.core.stage import RunOptions
     from cotprune.pruning.greedy import GreedyOptions
     from cotprune.pruning.prune import PruneOptions, run_prune
 
     opts = PruneOptions(
-        method=method, keep=parse_list(keep, "--keep", float), objective=objective,
+        method=method, keep=o.parse_list(keep, "--keep", float), objective=objective,
         greedy=GreedyOptions(per_step=per_step, shortlist=shortlist,
                              refresh_every=refresh_every),
-        protect=protect, max_cot_tokens=max_cot_tokens, seed=seed, batch_tokens=batch_tokens,
+        protect=protect, max_cot_tokens=max_cot_tokens, seed=run.seed, batch_tokens=batch_tokens,
         predictor=str(predictor) if predictor else None, repredict_every=repredict_every)
-    model_opts = ModelOptions(model=model, adapter=adapter, dtype=dtype, device=device,
-                              trust_remote_code=trust_remote_code)
-    run = RunOptions(limit=limit, shard=shard, resume=resume, seed=seed)
     emit_summary(run_prune(chains, output, model_opts, opts, run))

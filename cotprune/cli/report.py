@@ -8,23 +8,21 @@ from typing import Annotated
 import typer
 
 from cotprune.cli import app
-from cotprune.cli.options import Config, Output, Seed
+from cotprune.cli.options import Config, OutputDir, Seed, Tokenizer
 
 
 @app.command("report")
 def report_cmd(
     inputs: Annotated[list[Path], typer.Argument(
         help="Pruned, eval-results or scores files (or part directories), in any mix.")],
-    output: Output,
+    output: OutputDir,
     keep: Annotated[float | None, typer.Option(
         "--keep", help="Pruned files: show this keep ratio (default: the smallest present).")
     ] = None,
     color_by: Annotated[str, typer.Option(
         "--color-by", help="Colour CoT tokens by 'greedy' deletion step, or by a score column "
                            "of a scores input (surprisal, entropy, attention, ...).")] = "greedy",
-    tokenizer: Annotated[str | None, typer.Option(
-        "--tokenizer", help="Decode token ids with this tokenizer instead of the manifest's "
-                            "model.")] = None,
+    tokenizer: Tokenizer = None,
     label: Annotated[list[str] | None, typer.Option(
         "--label", help="Name of an eval run; repeat once per eval input, in order.")] = None,
     max_chains: Annotated[int, typer.Option(

@@ -8,40 +8,56 @@ from typing import Annotated, Optional
 import typer
 
 from cotprune.cli import app
-from cotprune.cli.options import (
-    Adapter,
-    BatchTokens,
-    Config,
-    Device,
-    Dtype,
-    Limit,
-    Model,
-    Resume,
-    Seed,
-    TrustRemoteCode,
-)
-from cotprune.core.models import DEFAULT_MODEL
+from cotprune.cli import options as o
+from cotprune.core.models import ModelOptions
 
 
 def _opt(*names: str, help: str, **kw):
     return typer.Option(*names, help=help, **kw)
 
 
+def significance_spec(kind: str, predictor: Path | None, significance_model: str | None) -> str:
+    """The `KIND[:PATH]` value `RLOptions.significance` takes, from `--significance KIND` and
+    the flag that names its file (the same flags `prune` and `score` use for those files).
+
+    The old one-flag spelling `--significance model:PATH` still works, with a warning.
+    """
+    from cotprune.console import log
+    from cotprune.errors import InputError
+
+    paths = {"predictor": ("--predictor", predictor),
+             "model": ("--significance-model", significance_model)}
+    if ":" in kind:
+        if predictor is not None or significance_model is not None:
+            raise InputError(f"--significance {kind}: give the PATH once, as --predictor or "
+                             "--significance-model")
+        old = kind.partition(":")[0]
+        log.warning("--significance %s:PATH is deprecated: use --significance %s %s PATH", old,
+                    old, paths.get(old, ("PATH",))[0])
+        return kind
+    for needs, (flag, path) in paths.items():
+        if path is not None and kind != needs:
+            raise InputError(f"{flag} goes with --significance {needs}, not {kind}")
+    path = paths[kind][1] if kind in paths else None
+    return f"{kind}:{path}" if path is not None else kind
+
+
 @app.command("rl")
+@o.model_options()
 def rl_cmd(
+    ctx: typer.Context,
     prompts: Annotated[Path, typer.Argument(help="Parquet with id, question, reference.")],
-    output: Annotated[Path, _opt("-o", "--output", help="Output directory.")],
-    model: Model = DEFAULT_MODEL,
-    adapter: Adapter = None,
-    dtype: Dtype = "auto",
-    device: Device = "auto",
-    trust_remote_code: TrustRemoteCode = False,
+    output: o.OutputDir,
+    model_opts: ModelOptions,
     reward: Annotated[str, _opt("--reward", help="accuracy|length|bingo.")] = "accuracy",
     alpha: Annotated[float, _opt("--alpha", help="length: penalty weight.")] = 0.1,
     significance: Annotated[str, _opt(
         "--significance", help="bingo: token significance scorer: surprisal | attention "
-        "(received from later response tokens) | predictor:PATH (a `predictor fit` artifact "
-        "for --model) | model:PATH (a token classifier, LLMLingua-2 style).")] = "surprisal",
+        "(received from later response tokens) | predictor (--predictor, fitted for --model) "
+        "| model (--significance-model, a token classifier, LLMLingua-2 style).")
+    ] = "surprisal",
+    predictor: o.Predictor = None,
+    significance_model: o.SignificanceModel = None,
     tau: Annotated[float, _opt("--tau", help="bingo: insignificance threshold.")] = 0.5,
     overlong_buffer: Annotated[int, _opt(
         "--overlong-buffer", help="DAPO overlong shaping over the last N tokens (0: off).")] = 0,
@@ -57,9 +73,10 @@ def rl_cmd(
     cut_floor: Annotated[float, _opt("--cut-floor", help="nat-rpc: a.")] = 0.0,
     max_steps: Annotated[int, _opt("--max-steps", help="Optimiser steps.")] = 10,
     prompts_per_step: Annotated[int, _opt("--prompts-per-step", help="Prompts per step.")] = 4,
-    num_generations: Annotated[int, _opt(
-        "--num-generations", help="G: responses per prompt.")] = 4,
-    max_new_tokens: Annotated[int, _opt("--max-new-tokens", help="Response budget.")] = 256,
+    samples: Annotated[int, _opt(
+        "--samples", help="G: responses per prompt (the group of one advantage).")] = 4,
+    num_generations: Annotated[Optional[int], o.alias("--num-generations", "--samples")] = None,
+    max_new_tokens: o.MaxNewTokens = 256,
     temperature: Annotated[float, _opt("--temperature", help="Sampling temperature.")] = 1.0,
     updates_per_step: Annotated[int, _opt(
         "--updates-per-step", help="PPO updates on each step's rollouts.")] = 1,
@@ -73,27 +90,26 @@ def rl_cmd(
     lora_r: Annotated[int, _opt("--lora-r", help="LoRA rank.")] = 16,
     lora_alpha: Annotated[int, _opt("--lora-alpha", help="LoRA alpha.")] = 32,
     max_grad_norm: Annotated[float, _opt("--max-grad-norm", help="0: no clipping.")] = 1.0,
-    batch_tokens: BatchTokens = 8192,
+    batch_tokens: o.BatchTokens = 8192,
     generation_batch: Annotated[int, _opt(
         "--generation-batch", help="Sequences per generate call.")] = 64,
     save_every: Annotated[int, _opt("--save-every", help="Checkpoint every N steps.")] = 10,
-    seed: Seed = 0,
-    limit: Limit = None,
-    resume: Resume = False,
-    config: Config = None,
+    seed: o.Seed = 0,
+    limit: o.Limit = None,
+    resume: o.Resume = False,
+    config: o.Config = None,
 ) -> None:
     """RL with verifiable rewards: length/Bingo rewards, entropy and NAT token selection."""
     from cotprune.console import emit_summary
-    from cotprune.core.models import ModelOptions
     from cotprune.rl.trainer import RLOptions, run_rl
     from cotprune.rl.update import UpdateConfig
 
-    model_opts = ModelOptions(model=model, adapter=adapter, dtype=dtype, device=device,
-                              trust_remote_code=trust_remote_code)
+    num_generations = o.prefer(ctx, "samples", samples, num_generations, "--num-generations")
     opts = RLOptions(
         prompts=str(prompts), output=str(output), reward=reward, alpha=alpha,
-        significance=significance, tau=tau, advantage=advantage, max_steps=max_steps,
-        prompts_per_step=prompts_per_step, num_generations=num_generations,
+        significance=significance_spec(significance, predictor, significance_model), tau=tau,
+        advantage=advantage, max_steps=max_steps, prompts_per_step=prompts_per_step,
+        num_generations=num_generations,
         max_new_tokens=max_new_tokens, temperature=temperature, overlong_buffer=overlong_buffer,
         lr=lr, full=full, lora_r=lora_r, lora_alpha=lora_alpha,
         generation_batch=generation_batch, save_every=save_every, seed=seed, limit=limit,

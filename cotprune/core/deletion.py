@@ -158,6 +158,18 @@ def deleted_index(before: list[int], after: list[int], cot_start: int) -> int | 
     return t - cot_start if before[t + 1:] == after[t:] else None
 
 
+def first_difference(before: list[int], after: list[int], cot_start: int) -> int | None:
+    """First CoT index d where `after` differs from `before` (both with the same prompt, `after`
+    the shorter), or None: every candidate k < d of `after` agrees with `before` without k up to
+    position cot_start + d - 1, so its kept row can go on from there."""
+    if len(after) >= len(before) or before[:cot_start] != after[:cot_start]:
+        return None
+    t = cot_start
+    while t < len(after) and before[t] == after[t]:
+        t += 1
+    return t - cot_start
+
+
 class DeletionScorer:
     """Scores single-token deletions of one chain with a causal LM (no gradients)."""
 
@@ -180,7 +192,11 @@ class DeletionScorer:
         # rows of the last call: the chain S, and S_k per scored candidate k
         self._chain: ScoredRow | None = None
         self._rows: dict[int, ScoredRow] = {}
-        self.tokens_run = 0  # input tokens of all forwards so far (for benchmarks and tests)
+        # work done so far, in counts that do not depend on the machine (benchmarks, summaries)
+        self.tokens_run = 0  # decoder input tokens of all forwards
+        self.forwards = 0  # decoder forwards
+        self.projection_rows = 0  # hidden rows projected onto the whole vocabulary
+        self.bound_rows = 0  # hidden rows projected onto a bound vocabulary only
         self._kv_left = KEEP_KV_BYTES  # bytes of row KV the current call may still keep
 
     def _run(self, ids: torch.Tensor, past, positions: torch.Tensor,
@@ -193,6 +209,7 @@ class DeletionScorer:
 
         b, t = ids.shape
         self.tokens_run += b * t
+        self.forwards += 1
         cache = DynamicCache(ddp_cache_data=past, config=self.model.config)
         if mask is None:
             mask = torch.ones((b, int(positions[0, 0]) + t), dtype=torch.long, device=self.device)
@@ -216,19 +233,29 @@ class DeletionScorer:
         return self._prompt_kv
 
     def _known(self, state: ChainState) -> tuple[ScoredRow | None, dict[int, ScoredRow], int]:
-        """(S's row if already scored, kept rows S_k that candidates k < d can continue, d)."""
+        """(S's row if already scored, kept rows S_k that candidates k < d can continue, d).
+
+        d is the first CoT index where S differs from the last call's chain. After one
+        deletion S is a scored row; after several (per_step > 1) S itself is run anew, but the
+        kept rows of candidates before the first deletion still continue from there."""
         chain, rows = self._chain, self._rows
         if chain is None:
             return None, {}, 0
         if chain.ids == state.ids:
             return chain, {}, 0
-        d = deleted_index(chain.ids, state.ids, len(state.prompt))
-        if d is None or d not in rows or rows[d].kv is None or not rows[d].finished:
-            return None, {}, 0
-        self._resolve([rows[d]])  # exact already when d won the last call; not if d lost
-        g = len(state.prompt) + d - 1  # where candidates k < d continue (_continued_jobs)
-        return rows[d], {k: row for k, row in rows.items()
-                         if k < d and row.kv is not None and row.scored_to >= g}, d
+        p = len(state.prompt)
+        d = deleted_index(chain.ids, state.ids, p)
+        if d is not None and d in rows and rows[d].kv is not None and rows[d].finished:
+            self._resolve([rows[d]])  # exact already when d won the last call; not if d lost
+            new_chain = rows[d]
+        else:
+            d = first_difference(chain.ids, state.ids, p)
+            if d is None:
+                return None, {}, 0
+            new_chain = None
+        g = p + d - 1  # where candidates k < d continue (_continued_jobs)
+        return new_chain, {k: row for k, row in rows.items()
+                           if k < d and row.kv is not None and row.scored_to >= g}, d
 
     def _continued_jobs(self, state: ChainState, kept: dict[int, ScoredRow], d: int,
                         keys: list[int]) -> list[Job]:
@@ -269,18 +296,25 @@ class DeletionScorer:
         # rows are as long as the longest minus its last token (which predicts nothing)
         ids = torch.tensor([seq[g - 1:end - 1] for seq in job.seqs], device=self.device)
         hidden, cache = self._run(ids, job.past, self._positions(g - 1, *ids.shape))
-        if job.keys[0] is None:  # the undeleted chain: its likeliest tokens make the bounds
-            self._bound_vocab = (bound_vocabulary(hidden[0], self.head, state.ids,
-                                                  BOUND_VOCAB_TOP)
-                                 if type(self.head) is torch.nn.Linear else None)
+        if job.keys[0] is None and type(self.head) is torch.nn.Linear:
+            # the undeleted chain: its likeliest tokens make the bounds
+            self._bound_vocab = bound_vocabulary(hidden[0], self.head, state.ids,
+                                                 BOUND_VOCAB_TOP)
+            self.projection_rows += hidden.shape[1]
+        elif job.keys[0] is None:
+            self._bound_vocab = None
         nll, bounded = self._score(state, job.seqs, job.known_nll, job.bounded, list(hidden),
                                    [g] * len(lengths), [min(length, end) for length in lengths])
         size = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
         keep = size <= self._kv_left or job.keys[0] is None or stop is not None
         self._kv_left -= size if keep else 0
+        # each kept row gets its own copy: a view would keep the whole job's cache alive for as
+        # long as any one of its rows lives (a 107-token chain grew to 1.9 GB of such storage
+        # for 0.4 GB of rows in 6 steps)
         return [ScoredRow(seq, nll[r, :len(seq)],
-                          [(layer.keys[r:r + 1], layer.values[r:r + 1]) for layer in cache.layers]
-                          if keep else None, min(len(seq), end), bounded[r])
+                          [(layer.keys[r:r + 1].clone(), layer.values[r:r + 1].clone())
+                           for layer in cache.layers] if keep else None,
+                          min(len(seq), end), bounded[r])
                 for r, seq in enumerate(job.seqs)]
 
     def _run_pack(self, state: ChainState, chain: ScoredRow, key_lanes: list[list[int]],
@@ -357,11 +391,15 @@ class DeletionScorer:
                 full.add(r, new, h, seq)
                 bounded.append(inherited[r])
         if full.rows:
-            logp, _ = logprob_entropy(torch.cat(full.hidden), self.head,
-                                      full.tokens_on(self.device), with_entropy=False)
+            hidden_rows = torch.cat(full.hidden)
+            self.projection_rows += len(hidden_rows)
+            logp, _ = logprob_entropy(hidden_rows, self.head, full.tokens_on(self.device),
+                                      with_entropy=False)
             nll[full.index()] = -logp.double()
         if cheap.rows:
-            nll[cheap.index()] = nll_lower_bound(torch.cat(cheap.hidden), self.head.weight,
+            hidden_rows = torch.cat(cheap.hidden)
+            self.bound_rows += len(hidden_rows)
+            nll[cheap.index()] = nll_lower_bound(hidden_rows, self.head.weight,
                                                  self._bound_vocab,
                                                  cheap.tokens_on(self.device)).double()
         return nll, bounded
@@ -374,8 +412,10 @@ class DeletionScorer:
         targets = Targets()
         for r, row in enumerate(todo):
             targets.add(r, row.bounded.positions, row.bounded.hidden, row.ids)
-        logp, _ = logprob_entropy(torch.cat(targets.hidden), self.head,
-                                  targets.tokens_on(self.device), with_entropy=False)
+        hidden_rows = torch.cat(targets.hidden)
+        self.projection_rows += len(hidden_rows)
+        logp, _ = logprob_entropy(hidden_rows, self.head, targets.tokens_on(self.device),
+                                  with_entropy=False)
         for row, nll in zip(todo, (-logp.double()).split([len(row.bounded.positions)
                                                           for row in todo])):
             row.nll[row.bounded.positions] = nll
@@ -497,6 +537,11 @@ class DeletionScorer:
         self._chain, self._rows = chain, rows
         return (self._objective(state, chain),
                 {k: self._objective(state, rows[first_of[k]]) for k in asked})
+
+    def counts(self) -> dict[str, int]:
+        """The work counters, for a summary: {tokens_run, forwards, projection_rows, bound_rows}."""
+        return {"tokens_run": self.tokens_run, "forwards": self.forwards,
+                "projection_rows": self.projection_rows, "bound_rows": self.bound_rows}
 
     def chain_objective(self, state: ChainState) -> float:
         """J of the current chain (the first group with no candidates)."""

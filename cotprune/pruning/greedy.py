@@ -16,6 +16,11 @@ Two approximate modes trade exactness for speed:
   remaining deletions costlier, this picks exactly what exact greedy picks; otherwise it is an
   approximation whose J gap bench/greedy.py measures. `refresh_every=R` rescores everything every
   R steps (0: never).
+- `shortlist=M` with a `prior` (a fitted predictor's scores, `predictor.py`): greedy with a learned
+  prior. Every step ranks the remaining candidates by the prior on the current chain (one
+  forward) and scores only its M likeliest deletions, plus the neighbours of the last deletion,
+  exactly; the best of those is deleted. No step scores every candidate, not even the first, so
+  the cost per step is about M suffixes instead of n.
 """
 
 from __future__ import annotations
@@ -100,14 +105,27 @@ def lazy_step(scorer: DeletionScorer, state: ChainState, stale: dict[int, float]
         todo = sorted(rest[:size])
 
 
+def prior_shortlist(scores: list[float], allowed: list[int], near: set[int],
+                    size: int) -> list[int]:
+    """The `size` candidates a prior ranks first for deletion (lowest score; ties: lower index),
+    with the allowed ones of `near`, ascending."""
+    ranked = sorted(allowed, key=lambda k: (scores[k], k))
+    return sorted(set(ranked[:size]) | (near & set(allowed)))
+
+
 def greedy_prune(scorer: DeletionScorer, prompt: list[int], cot: list[int], answer: list[int],
                  deletions: int, *, protected: frozenset[int] = frozenset(),
                  opts: GreedyOptions = GreedyOptions(), start: Trajectory | None = None,
-                 on_step: Callable[[Trajectory], None] | None = None) -> Trajectory:
+                 on_step: Callable[[Trajectory], None] | None = None,
+                 prior: Callable[[list[int]], list[float]] | None = None) -> Trajectory:
     """Run greedy deletion until `deletions` tokens are gone (or only protected ones remain).
 
     `start` continues an earlier trajectory (for --resume); `on_step` is called after each step.
+    `prior(cot_ids)` scores the current CoT's tokens (lower: deleted sooner); with
+    `opts.shortlist` it picks the candidates each step scores.
     """
+    if prior is not None and opts.shortlist is None:
+        raise InputError("greedy with a predictor prior needs --shortlist M")
     traj = Trajectory(list(start.order), list(start.trace), dict(start.estimates),
                       start.last_at, start.step) if start else Trajectory()
     deleted = set(traj.order)
@@ -120,11 +138,15 @@ def greedy_prune(scorer: DeletionScorer, prompt: list[int], cot: list[int], answ
         allowed = [k for k, i in enumerate(positions) if i not in protected]
         full = (opts.shortlist is None or not estimates
                 or (opts.refresh_every and step % opts.refresh_every == 0))
-        if full:  # exact steps only need the per_step best; lazy greedy keeps every J
+        near = set() if last_at is None else {last_at - 1, last_at}
+        if prior is not None:
+            todo = prior_shortlist(prior([cot[i] for i in positions]), allowed, near,
+                                   opts.shortlist)
+            base_j, js = scorer.candidate_objectives(state, todo, best_of=opts.per_step)
+        elif full:  # exact steps only need the per_step best; lazy greedy keeps every J
             best_of = opts.per_step if opts.shortlist is None else None
             base_j, js = scorer.candidate_objectives(state, allowed, best_of=best_of)
         else:
-            near = set() if last_at is None else {last_at - 1, last_at}
             stale = {k: estimates[i] for k, i in enumerate(positions) if i in estimates}
             base_j, js = lazy_step(scorer, state, stale, allowed, near, opts.shortlist)
         for t in pending:
@@ -158,6 +180,13 @@ def greedy_prune(scorer: DeletionScorer, prompt: list[int], cot: list[int], answ
         if on_step is not None:
             on_step(traj)
     return traj
+
+
+def published_tokens(prompt: int, n: int, answer: int, deletions: int) -> int:
+    """Decoder input tokens the published algorithm runs to delete `deletions` of a chain's `n`
+    CoT tokens: step k scores its n - k candidates, each as a whole new sequence of prompt +
+    (n - k - 1) + answer tokens. The baseline every greedy cost is measured against."""
+    return sum((n - k) * (prompt + n - k - 1 + answer) for k in range(min(deletions, n)))
 
 
 def kept_positions(n: int, order: list[int], keep: int) -> list[int]:

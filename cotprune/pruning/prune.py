@@ -38,7 +38,13 @@ from cotprune.data.files import (
 )
 from cotprune.data.layout import ChainLayout, Layout, decode, join_segments, token_texts
 from cotprune.errors import InputError
-from cotprune.pruning.greedy import GreedyOptions, Trajectory, greedy_prune, kept_positions
+from cotprune.pruning.greedy import (
+    GreedyOptions,
+    Trajectory,
+    greedy_prune,
+    kept_positions,
+    published_tokens,
+)
 
 METHODS = ("greedy", "surprisal", "entropy", "attention", "loo", "predicted", "random")
 
@@ -77,6 +83,12 @@ class PruneOptions:
         check_objective(self.objective)
         if self.method == "predicted" and not self.predictor:
             raise InputError("--method predicted needs --predictor PATH")
+        if self.method == "greedy" and self.predictor and self.greedy.shortlist is None:
+            raise InputError("--method greedy --predictor PATH (a learned prior) needs "
+                             "--shortlist M")
+        if self.predictor and self.method not in ("greedy", "predicted"):
+            raise InputError(f"--predictor is for --method predicted or greedy, not "
+                             f"{self.method!r}")
         self.protect_pattern  # noqa: B018 -- validate the regex now, before any work
 
     @property
@@ -115,7 +127,6 @@ def random_order(n: int, seed: int, chain_id: str, protected: frozenset) -> list
     return order
 
 
-SCORE_COLUMN_METHODS = ("surprisal", "entropy", "attention", "loo")  # `score` writes these
 BATCHED_METHODS = ("surprisal", "entropy", "attention")  # one `score_batch` forward per batch
 
 
@@ -219,7 +230,7 @@ def run_prune(chains_path: Path, out: Path, model_opts: ModelOptions, opts: Prun
     """The `prune` recipe: read, lay out, order, cut at each ratio, write. Returns the summary."""
     run = run or RunOptions(seed=opts.seed)
     predictor = None
-    if opts.method == "predicted":  # a bad predictor file fails before the model is loaded
+    if opts.predictor:  # a bad predictor file fails before the model is loaded
         from cotprune.pruning.predictor import load_predictor
 
         predictor = load_predictor(opts.predictor, model_opts.model)
@@ -232,8 +243,10 @@ def run_prune(chains_path: Path, out: Path, model_opts: ModelOptions, opts: Prun
     ctx = PruneContext(opts, model, tokenizer, DeletionScorer(model, opts.objective,
                                                               opts.batch_tokens),
                        output, run.resume, predictor)
+    if predictor is not None:
+        predictor.check_model(model)
 
-    skipped = cot_tokens = 0
+    skipped = cot_tokens = baseline_tokens = 0
     todo = []  # (index into chains, layout) of the chains this run prunes
     with Progress(len(chains), f"prune {opts.method}") as progress:
         for offset, chain in enumerate(chains):
@@ -256,12 +269,38 @@ def run_prune(chains_path: Path, out: Path, model_opts: ModelOptions, opts: Prun
                                    trajectory)
                 stage.write(rows, [offset] * len(rows))
                 cot_tokens += len(layout.cot_ids)
+                baseline_tokens += greedy_baseline_tokens(layout, opts)
                 progress.advance(1, tokens=len(layout.cot_ids))
         seconds = progress.seconds
     written = output.finish()
     return {"command": "prune", "method": opts.method, "chains": len(chains) - skipped,
             "skipped": skipped, "rows": written, "cot_tokens": cot_tokens,
+            **work_counts(ctx.scorer, opts, baseline_tokens),
             "seconds": round(seconds, 3), "output": str(out)}
+
+
+def greedy_baseline_tokens(layout: Layout, opts: PruneOptions) -> int:
+    """The published greedy algorithm's decoder tokens for this chain (0 for other methods)."""
+    if opts.method != "greedy":
+        return 0
+    n = len(layout.cot_ids)
+    return published_tokens(layout.cot_start, n, len(layout.input_ids) - layout.answer_start,
+                            n - kept_count(min(opts.keep), n))
+
+
+def work_counts(scorer: DeletionScorer, opts: PruneOptions, baseline_tokens: int) -> dict:
+    """What this process ran, in counts that do not depend on the machine: decoder input tokens,
+    forwards and vocabulary-projection rows of the deletion scorer (greedy and loo; null for
+    the methods that do not use it), and for greedy the published algorithm's tokens for the
+    same chains and ratio, with their ratio to ours."""
+    if opts.method not in ("greedy", "loo"):
+        return {"tokens_run": None, "forwards": None, "projection_rows": None}
+    counts = scorer.counts()
+    if opts.method == "greedy":
+        counts["published_tokens"] = baseline_tokens
+        counts["published_ratio"] = (round(baseline_tokens / counts["tokens_run"], 3)
+                                     if counts["tokens_run"] else None)
+    return counts
 
 
 @dataclass
@@ -318,8 +357,30 @@ def greedy_trajectory(row: dict, layout: Layout, protected: frozenset,
     """Greedy deletion of one chain, checkpointed after every step (continued on --resume)."""
     n = len(layout.cot_ids)
     checkpoint = GreedyCheckpoint(ctx.output, row["id"])
+    prior = None if ctx.predictor is None else PredictorPrior(ctx, layout)
     return greedy_prune(
         ctx.scorer, layout.input_ids[:layout.cot_start], layout.cot_ids,
         layout.input_ids[layout.answer_start:], n - kept_count(min(ctx.opts.keep), n),
         protected=protected, opts=ctx.opts.greedy,
-        start=checkpoint.load() if ctx.resume else None, on_step=checkpoint.save)
+        start=checkpoint.load() if ctx.resume else None, on_step=checkpoint.save, prior=prior)
+
+
+class PredictorPrior:
+    """A fitted predictor's scores of a chain's current CoT (greedy's learned prior): one
+    feature forward of the pruned chain per call, counted into the scorer's work counters."""
+
+    def __init__(self, ctx: PruneContext, layout: Layout):
+        self.ctx = ctx
+        self.prompt = layout.input_ids[:layout.cot_start]
+        self.answer = layout.input_ids[layout.answer_start:layout.answer_end]
+
+    def __call__(self, cot: list[int]) -> list[float]:
+        from cotprune.pruning.predictor import chain_features
+
+        current = join_segments(self.prompt, cot, self.answer)
+        features = chain_features(self.ctx.model, self.ctx.tokenizer, [current])
+        scorer = self.ctx.scorer
+        scorer.tokens_run += len(current.input_ids)
+        scorer.forwards += 1
+        scorer.projection_rows += len(cot)
+        return self.ctx.predictor.scores(features)[0]

@@ -16,6 +16,7 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
@@ -88,7 +89,7 @@ COLOUR_STOPS = ((0.0, (0xdb, 0xe9, 0xf6)), (0.5, (0xfd, 0xe9, 0xa8)), (1.0, (0xf
 def colour_of(u: float) -> str:
     """The background colour for an importance in [0, 1] (clipped), as #rrggbb."""
     u = min(1.0, max(0.0, float(u))) if u == u else 0.0  # NaN -> 0
-    for (u0, c0), (u1, c1) in zip(COLOUR_STOPS, COLOUR_STOPS[1:], strict=False):
+    for (u0, c0), (u1, c1) in pairwise(COLOUR_STOPS):
         if u <= u1:
             w = (u - u0) / (u1 - u0)
             rgb = [round(a + w * (b - a)) for a, b in zip(c0, c1, strict=True)]

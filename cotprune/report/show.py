@@ -44,13 +44,14 @@ def pruned_cot_text(row: dict, token_texts: list[str]) -> Text:
     return text
 
 
-def _token_texts_for(path: Path):
-    """A function row -> CoT token texts, with the tokenizer of the model that pruned the file."""
-    from cotprune.core.models import load_tokenizer
+def _token_texts_for(path: Path, tokenizer_name: str | None = None):
+    """A function row -> CoT token texts, with `tokenizer_name` or else the tokenizer of the
+    model that pruned the file."""
+    from cotprune.core.models import DEFAULT_MODEL, load_tokenizer
     from cotprune.data.layout import token_texts
 
     manifest = read_manifest(path) or {}
-    tokenizer = load_tokenizer(manifest.get("model", "smollm2-135m"))
+    tokenizer = load_tokenizer(tokenizer_name or manifest.get("model") or DEFAULT_MODEL)
     return lambda row: token_texts(tokenizer, row["input_ids"][row["cot_start"]:row["cot_end"]])
 
 
@@ -71,13 +72,13 @@ def chain_panel(row: dict, cot: Text | None = None) -> Panel:
 
 
 def show_file(path: Path, *, chain_id: str | None = None, keep: float | None = None,
-              limit: int | None = 3) -> None:
+              limit: int | None = 3, tokenizer: str | None = None) -> None:
     table = read_table(path)
     require_columns(table, ["id", "question", "cot", "answer"], str(path))
     validate_chains(table, str(path), need=["id"], unique_ids=False)  # rows, ids not null
     console = Console()
     pruned = "kept_positions" in table.column_names and "input_ids" in table.column_names
-    texts_of = _token_texts_for(path) if pruned else None
+    texts_of = _token_texts_for(path, tokenizer) if pruned else None
     if pruned and keep is None:
         keep = min(table.column("keep_ratio").to_pylist())
     shown = 0

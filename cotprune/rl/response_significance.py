@@ -10,18 +10,18 @@ tau) turns its scores into (N_low, N_high). Higher score = more significant for 
   layers, heads and those query positions (0 for the last token, which has none). This is the
   `later_cot` row of `attention.AttentionCapture` with the whole response as the "CoT" span, so
   it runs on the model's SDPA path (no eager attention). Same models as surprisal.
-- `predictor:PATH`: a `cotprune predictor fit` artifact. The response is split into CoT and
-  answer at the answer marker (`sampling.split_response`, on token boundaries); the predictor's
-  features (`predictor.chain_features`) of prompt + CoT + answer give each CoT token a predicted
-  deletion rank, higher = deleted later = more important, used as its significance. Answer
+- `predictor` (`--predictor PATH`): a `cotprune predictor fit` artifact. The response is split into
+  CoT and answer at the answer marker (`sampling.split_response`, on token boundaries); the
+  predictor's features (`predictor.chain_features`) of prompt + CoT + answer give each CoT token a
+  predicted deletion rank, higher = deleted later = more important, used as its significance. Answer
   tokens and the stop token, which pruning never deletes, get the highest CoT score. Without a
-  marker the whole response is CoT and the answer span the predictor sees is the layout's
-  canonical one for the graded answer. Features come from the frozen initial policy for both
-  samples and reference: the artifact is bound to the pruner model it was fitted on, which is why
-  it is refused (exit 2) when `--model` names another one.
-- `model:PATH`: a token-classification checkpoint (LLMLingua-2 kind) through
-  `significance_model.SignificanceModel.token_scores`: P(keep) of each word of the response text
-  mapped onto the response tokens; the stop token gets the highest score of the response.
+  marker the whole response is CoT and the answer span the predictor sees is the layout's canonical
+  one for the graded answer. Features come from the frozen initial policy for both samples and
+  reference: the artifact is bound to the pruner model it was fitted on, which is why it is refused
+  (exit 2) when `--model` names another one.
+- `model` (`--significance-model PATH`): a token-classification checkpoint (LLMLingua-2 kind)
+  through `significance_model.SignificanceModel.token_scores`: P(keep) of each word of the response
+  text mapped onto the response tokens; the stop token gets the highest score of the response.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from cotprune.rl.rewards import significance_counts
 
 KINDS = ("surprisal", "attention", "predictor", "model")
 NEEDS_PATH = ("predictor", "model")
+PATH_FLAGS = {"predictor": "--predictor", "model": "--significance-model"}  # where PATH comes from
 
 
 @dataclass(frozen=True)
@@ -50,25 +51,27 @@ class SignificanceSpec:
 def parse_significance(spec: str) -> SignificanceSpec:
     """`surprisal`, `attention`, `predictor:PATH` or `model:PATH`; anything else is an InputError.
 
+    The command line gives the PATH as `--predictor PATH` or `--significance-model PATH`
+    (`cli.rl.significance_spec` joins them), so the messages name those flags.
     Runs at option-parse time, before any model loads. A predictor PATH must be an existing
     file; a model PATH that looks local must exist (a hub id is checked when it loads).
     """
     kind, sep, path = spec.partition(":")
     if kind not in KINDS:
-        raise InputError("--significance must be surprisal, attention, predictor:PATH or "
-                         f"model:PATH, got {spec!r}")
+        raise InputError(f"--significance must be one of {', '.join(KINDS)}, got {spec!r}")
     if kind not in NEEDS_PATH:
         if sep:
             raise InputError(f"--significance {kind} takes no PATH, got {spec!r}")
         return SignificanceSpec(kind)
+    flag = PATH_FLAGS[kind]
     if not path:
-        raise InputError(f"--significance {kind}:PATH needs a PATH, got {spec!r}")
+        raise InputError(f"--significance {kind} needs {flag} PATH")
     local = Path(path).expanduser()
     if kind == "predictor" and not local.is_file():
-        raise InputError("--significance predictor:PATH: no such predictor file", file=path)
+        raise InputError(f"{flag}: no such predictor file", file=path)
     if kind == "model" and not local.exists() and (path.startswith((".", "/", "~"))
                                                    or path.count("/") > 1):
-        raise InputError("--significance model:PATH: directory does not exist", file=path)
+        raise InputError(f"{flag}: directory does not exist", file=path)
     return SignificanceSpec(kind, path)
 
 

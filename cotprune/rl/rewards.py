@@ -172,7 +172,7 @@ def group_advantages(rewards, kind: str):
         return (rewards - mean) / (std + 1e-4)
     if kind == "rloo":
         if g < 2:
-            raise InputError("--advantage rloo needs --num-generations of at least 2")
+            raise InputError("--advantage rloo needs --samples of at least 2")
         return rewards - (rewards.sum(dim=1, keepdim=True) - rewards) / (g - 1)
     if kind == "dr_grpo":
         return rewards - mean

@@ -46,12 +46,9 @@ def rpc_cuts(lengths: Sequence[int], a: float, generator: torch.Generator | None
     return torch.minimum(lens, lo + torch.floor(u * (lens - lo + 1))).long()
 
 
-def rpc_inclusion(length: int, a: float) -> torch.Tensor:
-    """pi_t = P(c >= t) for t = 1..L: 1 up to ceil(a L), then (L - t + 1) / (L - ceil(a L) + 1)."""
-    return _rpc_pi(torch.tensor([float(length)], dtype=torch.float64), a, length)[0]
-
-
-def _rpc_pi(lens: torch.Tensor, a: float, width: int) -> torch.Tensor:
+def rpc_inclusion(lens: torch.Tensor, a: float, width: int) -> torch.Tensor:
+    """pi_t = P(c >= t) for t = 1..width, one row per length L in `lens` (float64): 1 up to
+    ceil(a L), then (L - t + 1) / (L - ceil(a L) + 1); clamped into (0, 1] past L."""
     lo = torch.ceil(a * lens)[:, None]
     t = torch.arange(1, width + 1, dtype=torch.float64)[None, :]
     pi = (lens[:, None] - torch.maximum(t, lo) + 1) / (lens[:, None] - lo + 1)
@@ -65,7 +62,8 @@ def nat_rpc(lengths: Sequence[int], a: float = 0.0, generator: torch.Generator |
     width = max(lengths, default=0)
     lens = torch.as_tensor(list(lengths), dtype=torch.float64)
     mask = torch.arange(width)[None, :] < cuts[:, None]
-    weights = torch.where(mask, 1.0 / _rpc_pi(lens, a, width), torch.zeros((), dtype=torch.float64))
+    weights = torch.where(mask, 1.0 / rpc_inclusion(lens, a, width),
+                          torch.zeros((), dtype=torch.float64))
     return mask, weights.float()
 
 

@@ -7,16 +7,19 @@ process computes the same group rewards and advantages over whole groups. Genera
 selection are seeded per (step, process), so a run resumed from a checkpoint draws the same
 samples as one that was never interrupted.
 
-OUTDIR holds metrics.jsonl (one line per step), manifest.json, checkpoint/ (the latest
-resumable state) and model/ (the final adapter or model, with its tokenizer).
+OUTDIR holds metrics.jsonl (one line per step), manifest.json, checkpoints/step-NNNNNN/ (the
+latest resumable state) and model/ (the final adapter or model, with its tokenizer).
+
+Processes, DDP, LoRA, checkpoints and metrics are the shared `training.parts` (as `distill`):
+gloo for a CPU run, nccl on GPUs, one GPU per local rank, rank 0 writes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
-import resource
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -46,6 +49,11 @@ from cotprune.rl.update import (
     UpdateConfig,
     policy_update,
 )
+from cotprune.training.parts.checkpoint import Checkpoints
+from cotprune.training.parts.dist import Dist, all_max, init_distributed, wrap_data_parallel
+from cotprune.training.parts.logprobs import TokenScores
+from cotprune.training.parts.lora import LoraOptions, apply_lora
+from cotprune.training.parts.metrics import MetricsLog, peak_memory_mb
 
 REWARDS = ("accuracy", "length", "bingo")
 
@@ -87,7 +95,7 @@ class RLOptions:
         parse_significance(self.significance)
         for flag, value, low in [("--max-steps", self.max_steps, 1),
                                  ("--prompts-per-step", self.prompts_per_step, 1),
-                                 ("--num-generations", self.num_generations, 1),
+                                 ("--samples", self.num_generations, 1),
                                  ("--max-new-tokens", self.max_new_tokens, 1),
                                  ("--overlong-buffer", self.overlong_buffer, 0),
                                  ("--save-every", self.save_every, 0)]:
@@ -96,22 +104,10 @@ class RLOptions:
         if self.overlong_buffer >= self.max_new_tokens:
             raise InputError("--overlong-buffer must be smaller than --max-new-tokens")
         if self.advantage == "rloo" and self.num_generations < 2:
-            raise InputError("--advantage rloo needs --num-generations of at least 2")
+            raise InputError("--advantage rloo needs --samples of at least 2")
 
 
 # --- set-up ------------------------------------------------------------------------------------
-
-def init_distributed():
-    """(rank, world) from RANK/WORLD_SIZE; initialise torch.distributed for W > 1."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    return rank, world
-
 
 def load_prompts(opts: RLOptions) -> list[dict]:
     table = read_table(opts.prompts)
@@ -123,16 +119,13 @@ def load_prompts(opts: RLOptions) -> list[dict]:
     return rows
 
 
-def build_policy(model_opts: ModelOptions, opts: RLOptions, rank: int, world: int):
+def build_policy(model_opts: ModelOptions, opts: RLOptions, d: Dist):
     """(PolicyPair, tokenizer): LoRA on the initial policy, or full fine-tuning with --full."""
     import copy
 
     from cotprune.core.models import attach_adapter, load_model
 
-    if world > 1 and torch.cuda.is_available() and model_opts.device == "auto":
-        model_opts = ModelOptions(**{**asdict(model_opts),
-                                     "device": f"cuda:{os.environ.get('LOCAL_RANK', rank)}"})
-    base_opts = ModelOptions(**{**asdict(model_opts), "adapter": None})
+    base_opts = ModelOptions(**{**asdict(model_opts), "adapter": None, "device": str(d.device)})
     model, tokenizer = load_model(base_opts, for_training=True)
     if model_opts.adapter:  # the adapter is part of the initial policy
         model = attach_adapter(model, model_opts.adapter).merge_and_unload()
@@ -140,21 +133,10 @@ def build_policy(model_opts: ModelOptions, opts: RLOptions, rank: int, world: in
         frozen = copy.deepcopy(model).eval().requires_grad_(False)
         model.train()
         return PolicyPair(model, frozen), tokenizer
-    from peft import LoraConfig, get_peft_model
-
-    cfg = LoraConfig(r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=0.0,
-                     target_modules="all-linear", task_type="CAUSAL_LM")
     torch.manual_seed(opts.seed)
-    policy = get_peft_model(model, cfg)
+    policy = apply_lora(model, LoraOptions(r=opts.lora_r, alpha=opts.lora_alpha))
     policy.train()
     return PolicyPair(policy), tokenizer
-
-
-def peak_memory_mb(device) -> float:
-    """Peak GPU memory allocated on CUDA, else the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --- one step ----------------------------------------------------------------------------------
@@ -166,15 +148,18 @@ class Trainer:
 
         cfg.max_new_tokens, cfg.temperature = opts.max_new_tokens, opts.temperature
         self.opts, self.model_opts, self.cfg = opts, model_opts, cfg
-        self.rank, self.world = init_distributed()
+        self.dist = init_distributed(model_opts.device)
+        self.rank, self.world = self.dist.rank, self.dist.world
         self.prompts = load_prompts(opts)
         self.out = Path(opts.output)
         self.check_output()
         self.scorer = ResponseSignificance(
             parse_significance(opts.significance), model_opts.model,
             trust_remote_code=model_opts.trust_remote_code) if opts.reward == "bingo" else None
-        self.pair, self.tokenizer = build_policy(model_opts, opts, self.rank, self.world)
-        self.device = next(self.pair.policy.parameters()).device
+        self.pair, self.tokenizer = build_policy(model_opts, opts, self.dist)
+        self.device = self.dist.device
+        self.wrapped = wrap_data_parallel(TokenScores(self.pair.policy), self.dist)
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", self.dist.main)
         layout = ChainLayout(self.tokenizer)
         self.prompt_ids = [layout.prompt_ids(p["question"]) for p in self.prompts]
         self.stop_ids = stop_token_ids(self.tokenizer, layout)
@@ -305,7 +290,8 @@ class Trainer:
         samples = [Sample(r.prompt_ids, r.response_ids, float(adv[r.slot])) for r in rollouts
                    if r.response_ids]
         gen = torch.Generator().manual_seed(o.seed * 7919 + self.step * 31 + self.rank)
-        stats = policy_update(self.pair, self.optimizer, samples, self.cfg, gen)
+        stats = policy_update(self.pair, self.optimizer, samples, self.cfg, gen,
+                              wrapped=self.wrapped)
         t_end = time.perf_counter()
         reward_mean = float(rewards.mean())
         w = self.schedule.w
@@ -324,56 +310,32 @@ class Trainer:
             "step_time_s": t_end - t0,
             "generation_time_s": t_gen - t0,
             "train_time_s": t_end - t_gen,
-            "peak_memory_mb": global_max(peak_memory_mb(self.device), self.device),
+            "peak_memory_mb": all_max(peak_memory_mb(self.device), self.device),
             **({"bingo_w": w} if o.reward == "bingo" else {}),
         }
 
     # --- checkpoints -------------------------------------------------------------------------
 
-    def trainable_state(self) -> dict:
-        return {n: p.detach().cpu() for n, p in self.pair.policy.named_parameters()
-                if p.requires_grad}
+    def checkpoints(self, manifest: dict) -> Checkpoints:
+        """The latest checkpoint only; the fingerprint is that of the resumable options."""
+        options = json.dumps(manifest.get("options"), sort_keys=True, default=str)
+        return Checkpoints(self.out / "checkpoints", keep=1, main=self.dist.main,
+                           fingerprint=hashlib.sha256(options.encode()).hexdigest()[:16])
 
-    def save_checkpoint(self) -> None:
-        if self.rank != 0:
-            return
-        target = self.out / "checkpoint"
-        tmp = self.out / ".checkpoint.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        torch.save({"step": self.step, "params": self.trainable_state(),
-                    "optimizer": self.optimizer.state_dict(),
-                    "schedule": self.schedule.state_dict(),
-                    "ref_counts": self.ref_counts}, tmp / "state.pt")
-        old = self.out / ".checkpoint.old"
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
+    def save_checkpoint(self, checkpoints: Checkpoints) -> None:
+        checkpoints.save(self.step, self.pair.policy, self.optimizer,
+                         extra={"schedule": self.schedule.state_dict(),
+                                "ref_counts": self.ref_counts})
 
-    def load_checkpoint(self) -> None:
-        path = self.out / "checkpoint" / "state.pt"
-        if not path.exists():
+    def load_checkpoint(self, checkpoints: Checkpoints) -> None:
+        path = checkpoints.latest()
+        if path is None:
             return
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        named = dict(self.pair.policy.named_parameters())
-        with torch.no_grad():
-            for n, v in state["params"].items():
-                named[n].copy_(v)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        self.ref_counts = {int(k): tuple(v) for k, v in state["ref_counts"].items()}
-        self.step = int(state["step"])
+        state = checkpoints.load(path, self.pair.policy, self.optimizer)
+        self.schedule.load_state_dict(state["extra"]["schedule"])
+        self.ref_counts = {int(k): tuple(v) for k, v in state["extra"]["ref_counts"].items()}
+        self.step = state["step"]
         log.info("resuming from step %d", self.step)
-
-    def trim_metrics(self) -> None:
-        """Drop metric lines of steps after the checkpoint (they will be redone)."""
-        path = self.out / "metrics.jsonl"
-        if self.rank != 0 or not path.exists():
-            return
-        keep = [ln for ln in path.read_text().splitlines()
-                if ln.strip() and json.loads(ln)["step"] <= self.step]
-        path.write_text("".join(ln + "\n" for ln in keep))
 
     def manifest(self) -> dict:
         """The stages' manifest; `options` leaves out what a resumed run may change: the
@@ -408,39 +370,30 @@ class Trainer:
             check_resumable(json.loads((self.out / "manifest.json").read_text()), manifest,
                             str(self.out))
         self.out.mkdir(parents=True, exist_ok=True)
+        checkpoints = self.checkpoints(manifest)
         if o.resume:
-            self.load_checkpoint()
-            self.trim_metrics()
+            self.load_checkpoint(checkpoints)
+            self.metrics.truncate(self.step)
         if self.rank == 0:  # written first, so that a --resume can be checked against it
             write_text_atomic(self.out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
         last = {}
         while self.step < o.max_steps:
             last = self.run_step()
             self.step += 1
+            self.metrics.append(last)
             if self.rank == 0:
-                with open(self.out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(last) + "\n")
                 log.info("step %d: reward %.3f acc %.2f len %.1f trained %d tok, %.1fs",
                          last["step"], last["reward_mean"], last["accuracy"],
                          last["mean_length"], last["tokens_trained"], last["step_time_s"])
             if o.save_every and self.step % o.save_every == 0 and self.step < o.max_steps:
-                self.save_checkpoint()
+                self.save_checkpoint(checkpoints)
             fault_point("step")
-        self.save_checkpoint()  # also at the end: --resume with a larger --max-steps goes on
+        # also at the end: --resume with a larger --max-steps goes on
+        self.save_checkpoint(checkpoints)
         self.save_final(manifest)
         return {"command": "rl", "steps": self.step, "output": str(self.out),
                 **{k: last[k] for k in ("reward_mean", "accuracy", "mean_length")
                    if k in last}}
-
-
-def global_max(value: float, device) -> float:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
 
 
 def run_rl(opts: RLOptions, model_opts: ModelOptions, cfg: UpdateConfig) -> dict:

@@ -3,9 +3,13 @@
 Each sampled response becomes a `Sample` (prompt ids, response ids, advantage). The training
 forward of a sample runs on `prompt + response[:n]`, where n is the whole response except under
 NAT-RPC, where it is the random cut: the forward and backward really see the shorter sequence.
-Losses are accumulated over micro-batches with the step's global denominators (all processes),
-and gradients are summed across processes by hand (`sync_gradients`), so a micro-batch count
-that differs between processes can never deadlock a collective.
+Losses are accumulated over micro-batches with the step's global denominators (all processes).
+Under many processes the policy runs inside DDP (`training.parts.dist.wrap_data_parallel`, the
+same wrapping as `distill`): every process defers synchronisation on all but its last
+micro-batch of an update, and one with nothing to train runs a zero-weight forward, so each
+process joins exactly one gradient all-reduce per update whatever its micro-batch count.
+Log-probs come from `training.parts.logprobs.TokenScores`: one chunk of logits at a time, in
+the backward pass as well, so memory does not grow with tokens x vocabulary.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
-from cotprune.core.engine import decoder_and_head, logprob_entropy, pad_right, plan_batches
+from cotprune.core.engine import pad_right, plan_batches
 from cotprune.errors import InputError
 from cotprune.rl.loss import LOSS_TYPES, ppo_clip_term, token_coefficients
 from cotprune.rl.selection import entropy_mask, entropy_topk_mask, nat_rpc, nat_urs
+from cotprune.training.parts.dist import Wrapped, all_sum
+from cotprune.training.parts.logprobs import TokenScores
 
 TOKEN_SELECTS = ("all", "entropy", "nat-urs", "nat-rpc")
 
@@ -95,68 +101,62 @@ class PolicyPair:
             raise RuntimeError("no reference policy: full fine-tuning needs a frozen copy")
 
 
-# --- distributed helpers -----------------------------------------------------------------------
-
-def _dist():
-    import torch.distributed as dist
-
-    return dist if dist.is_available() and dist.is_initialized() and \
-        dist.get_world_size() > 1 else None
-
-
-def global_sum(value: float, device) -> float:
-    """Sum of a number over all processes."""
-    dist = _dist()
-    if dist is None:
-        return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t.item())
-
-
-def sync_gradients(params: Sequence[torch.nn.Parameter]) -> None:
-    """Sum gradients over processes (the loss already carries global denominators)."""
-    dist = _dist()
-    if dist is None:
-        return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad)
-
-
 # --- forward -----------------------------------------------------------------------------------
 
-def response_logprobs(model, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
-                      *, temperature: float = 1.0, with_entropy: bool = False
+def as_wrapped(model) -> Wrapped:
+    """A causal LM as a one-process `Wrapped` `TokenScores`; a `Wrapped` stays as it is."""
+    if isinstance(model, Wrapped):
+        return model
+    scores = TokenScores(model)
+    return Wrapped(scores, scores, "none")
+
+
+def response_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], device):
+    """(input_ids, attention_mask, hidden_index, targets) of right-padded prompt + response rows:
+    the flat hidden rows that predict each response token, and those tokens."""
+    seqs = [[*p, *r] for p, r in zip(prompts, responses)]
+    ids, mask = pad_right(seqs, 0, device)
+    width = ids.shape[1]
+    index = [i * width + len(p) - 1 + k for i, (p, r) in enumerate(zip(prompts, responses))
+             for k in range(len(r))]
+    targets = [t for r in responses for t in r]
+    return (ids, mask, torch.tensor(index, dtype=torch.long, device=device),
+            torch.tensor(targets, dtype=torch.long, device=device))
+
+
+def response_logprobs(scores, prompts: Sequence[Sequence[int]],
+                      responses: Sequence[Sequence[int]], *, temperature: float = 1.0,
+                      with_entropy: bool = False
                       ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """log pi(response token) (and entropy) for each row of one micro-batch, under grad mode.
 
-    Logits are divided by `temperature` (the sampling distribution), as TRL does.
+    `scores` is a `TokenScores` module (or DDP around one), or a causal LM. Logits are divided
+    by `temperature` (the sampling distribution), as TRL does.
     """
-    decoder, head = decoder_and_head(model)
-    device = next(model.parameters()).device
-    seqs = [[*p, *r] for p, r in zip(prompts, responses)]
-    ids, mask = pad_right(seqs, 0, device)
-    hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    rows = torch.cat([hidden[i, len(p) - 1:len(p) - 1 + len(r)]
-                      for i, (p, r) in enumerate(zip(prompts, responses))])
-    targets = torch.tensor([t for r in responses for t in r], device=device, dtype=torch.long)
-    scaled = head if temperature == 1.0 else (lambda h: head(h) / temperature)
-    logp, ent = logprob_entropy(rows, scaled, targets, with_entropy=with_entropy)
+    if not isinstance(scores, torch.nn.Module) or not _is_scores(scores):
+        scores = TokenScores(scores)
+    device = next(scores.parameters()).device
+    ids, mask, index, targets = response_batch(prompts, responses, device)
+    logp, ent = scores(ids, mask, None, index, targets, temperature=temperature,
+                       with_entropy=with_entropy)
     sizes = [len(r) for r in responses]
     return list(logp.split(sizes)), (list(ent.split(sizes)) if ent is not None else None)
+
+
+def _is_scores(module: torch.nn.Module) -> bool:
+    return isinstance(getattr(module, "module", module), TokenScores)
 
 
 @torch.no_grad()
 def batched_logprobs(model, prompts, responses, *, batch_tokens: int, temperature: float = 1.0,
                      with_entropy: bool = False):
     """`response_logprobs` of many rows, no grad, batched by the token budget."""
+    scores = as_wrapped(model).plain
     out_lp: list = [None] * len(prompts)
     out_ent: list = [None] * len(prompts)
     lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
     for batch in plan_batches(lengths, batch_tokens):
-        lp, ent = response_logprobs(model, [prompts[i] for i in batch],
+        lp, ent = response_logprobs(scores, [prompts[i] for i in batch],
                                     [responses[i] for i in batch], temperature=temperature,
                                     with_entropy=with_entropy)
         for k, i in enumerate(batch):
@@ -205,9 +205,15 @@ def entropy_selection(entropies: list[torch.Tensor], lengths: list[int], batches
 # --- the update --------------------------------------------------------------------------------
 
 def policy_update(pair: PolicyPair, optimizer, samples: Sequence[Sample], cfg: UpdateConfig,
-                  generator: torch.Generator) -> dict:
-    """Take `cfg.updates_per_step` PPO-clip updates on this process's `samples`; return stats."""
+                  generator: torch.Generator, *, wrapped: Wrapped | None = None) -> dict:
+    """Take `cfg.updates_per_step` PPO-clip updates on this process's `samples`; return stats.
+
+    `wrapped` is the policy's `TokenScores` prepared for data parallelism (one process: None).
+    """
     model = pair.policy
+    wrapped = as_wrapped(model) if wrapped is None else wrapped
+    # DDP averages gradients; the objective's denominators are global, so scale back to a sum
+    world = _world() if wrapped.kind != "none" else 1
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     lengths = [len(s.response_ids) for s in samples]
@@ -219,12 +225,12 @@ def policy_update(pair: PolicyPair, optimizer, samples: Sequence[Sample], cfg: U
     batches_local = plan_batches([len(p) + len(r) for p, r in zip(prompts, responses)],
                                  cfg.batch_tokens)
     batches = [[rows[k] for k in b] for b in batches_local]
-    num_responses = int(global_sum(len(samples), device))
+    num_responses = int(all_sum(len(samples), device))
     adv = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
 
     old = ref = None
     if cfg.updates_per_step > 1:
-        old, _ = batched_logprobs(model, prompts, responses, batch_tokens=cfg.batch_tokens,
+        old, _ = batched_logprobs(wrapped, prompts, responses, batch_tokens=cfg.batch_tokens,
                                   temperature=cfg.temperature)
         old = dict(zip(rows, old))
     if cfg.beta > 0:
@@ -237,7 +243,7 @@ def policy_update(pair: PolicyPair, optimizer, samples: Sequence[Sample], cfg: U
     for _ in range(cfg.updates_per_step):
         counts = lengths
         if cfg.token_select == "entropy":
-            _, ents = batched_logprobs(model, prompts, responses, batch_tokens=cfg.batch_tokens,
+            _, ents = batched_logprobs(wrapped, prompts, responses, batch_tokens=cfg.batch_tokens,
                                        temperature=cfg.temperature, with_entropy=True)
             full = [torch.zeros(0)] * len(samples)
             for k, i in enumerate(rows):
@@ -248,30 +254,46 @@ def policy_update(pair: PolicyPair, optimizer, samples: Sequence[Sample], cfg: U
                 counts = [int(c) for c in mask.sum(1).tolist()]
         coef = token_coefficients(counts, cfg.loss_type, max_new_tokens=cfg.max_new_tokens,
                                   num_responses=num_responses,
-                                  total_tokens=global_sum(sum(counts), device))
-        for batch in batches:
-            lps, _ = response_logprobs(model, [samples[i].prompt_ids for i in batch],
-                                       [samples[i].response_ids[:cuts[i]] for i in batch],
-                                       temperature=cfg.temperature)
-            objective = torch.zeros((), device=device)
-            for i, lp in zip(batch, lps):
-                n = len(lp)
-                old_lp = old[i].to(device) if old is not None else lp.detach()
-                term = ppo_clip_term(lp, old_lp, adv[i].to(device), eps_low=cfg.epsilon,
-                                     eps_high=cfg.epsilon_high, beta=cfg.beta,
-                                     ref_logp=ref[i].to(device) if ref is not None else None)
-                w = weights[i, :n].to(device)
-                objective = objective + float(coef[i]) * (term * w).sum()
-                stats["forward_tokens"] += len(samples[i].prompt_ids) + n
-            (-objective).backward()
+                                  total_tokens=all_sum(sum(counts), device))
+        for k, batch in enumerate(batches):
+            sync = k == len(batches) - 1  # the last micro-batch joins the all-reduce
+            with contextlib.nullcontext() if sync else wrapped.no_sync():
+                lps, _ = response_logprobs(wrapped.train, [samples[i].prompt_ids for i in batch],
+                                           [samples[i].response_ids[:cuts[i]] for i in batch],
+                                           temperature=cfg.temperature)
+                objective = torch.zeros((), device=device)
+                for i, lp in zip(batch, lps):
+                    n = len(lp)
+                    old_lp = old[i].to(device) if old is not None else lp.detach()
+                    term = ppo_clip_term(lp, old_lp, adv[i].to(device), eps_low=cfg.epsilon,
+                                         eps_high=cfg.epsilon_high, beta=cfg.beta,
+                                         ref_logp=ref[i].to(device) if ref is not None else None)
+                    w = weights[i, :n].to(device)
+                    objective = objective + float(coef[i]) * (term * w).sum()
+                    stats["forward_tokens"] += len(samples[i].prompt_ids) + n
+                (-objective * world).backward()
             stats["objective"] += float(objective.detach())
+        if not batches and wrapped.kind != "none":
+            idle_backward(wrapped.train)
         stats["tokens_trained"] += float(mask.sum())
-        sync_gradients(params)
         if cfg.max_grad_norm and params:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    stats["objective"] = global_sum(stats["objective"], device) / cfg.updates_per_step
-    stats["tokens_trained"] = global_sum(stats["tokens_trained"], device)
-    stats["forward_tokens"] = global_sum(stats["forward_tokens"], device)
+    stats["objective"] = all_sum(stats["objective"], device) / cfg.updates_per_step
+    stats["tokens_trained"] = all_sum(stats["tokens_trained"], device)
+    stats["forward_tokens"] = all_sum(stats["forward_tokens"], device)
     return stats
+
+
+def _world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def idle_backward(scores) -> None:
+    """A zero-weight forward and backward, for a process with no tokens in an update: it still
+    joins the gradient all-reduce the others are in (and contributes zeros)."""
+    lps, _ = response_logprobs(scores, [[0]], [[0]])
+    (lps[0].sum() * 0.0).backward()

@@ -13,18 +13,18 @@ OUTDIR afterwards:
     checkpoints/step-NNNNNN/state.pt                  (the last `--keep-checkpoints`)
 
 Many processes: `torchrun --nproc-per-node N -m cotprune distill ...` (or `accelerate launch
--m cotprune distill ...`). Each process takes every N-th micro-batch of a step and DDP averages
-the gradients (gloo on CPU, nccl on GPUs); rank 0 writes the outputs.
+-m cotprune distill ...` on GPUs, the same path). Each process takes every N-th micro-batch of a
+step and DDP averages the gradients, or with `--fsdp` FSDP2 shards the weights, gradients and
+optimiser state (for a `--full` student too large for one device); gloo on CPU, nccl on GPUs;
+rank 0 writes the outputs. Processes, LoRA, checkpoints and metrics are the shared
+`training.parts`, which `rl` uses too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from cotprune.console import log
@@ -41,24 +41,13 @@ from cotprune.data.files import (
 )
 from cotprune.errors import InputError
 from cotprune.faults import fault_point
+from cotprune.training.parts.lora import LoraOptions
+
+__all__ = ["DistillOptions", "LoraOptions", "run_distill"]
 
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 MANIFEST = "distill.json"
-
-
-@dataclass
-class LoraOptions:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    targets: str = "all-linear"
-
-    def __post_init__(self) -> None:
-        if self.r < 1:
-            raise InputError("--lora-r must be at least 1")
-        if not 0 <= self.dropout < 1:
-            raise InputError("--lora-dropout must be in [0, 1)")
 
 
 @dataclass
@@ -83,12 +72,13 @@ class DistillOptions:
     limit: int | None = None
     resume: bool = False
     keep_ratios: tuple[float, ...] | None = None  # train only on these rows of a pruned file
+    fsdp: bool = False  # shard weights, gradients and optimiser state (FSDP2) instead of DDP
 
     def __post_init__(self) -> None:
         from cotprune.training.sft import PACKINGS
 
         if self.keep_ratios is not None and not all(0 <= r <= 1 for r in self.keep_ratios):
-            raise InputError("--keep-ratio values must be in [0, 1]")
+            raise InputError("--keep ratios must be in [0, 1]")
         checks = [
             (self.epochs > 0, "--epochs must be > 0"),
             (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),
@@ -108,7 +98,7 @@ class DistillOptions:
     def resume_options(self) -> dict:
         """What must match for `--resume` to continue a run (not resume/save settings)."""
         return {k: v for k, v in asdict(self).items()
-                if k not in ("resume", "save_every", "keep_checkpoints")}
+                if k not in ("resume", "save_every", "keep_checkpoints", "fsdp")}
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.resume_options(),
@@ -122,14 +112,14 @@ def rows_with_ratios(table, ratios: tuple[float, ...], path: str):
     import pyarrow as pa
 
     if "keep_ratio" not in table.column_names:
-        raise InputError("--keep-ratio needs a pruned file (column keep_ratio)", file=path,
+        raise InputError("--keep needs a pruned file (column keep_ratio)", file=path,
                          column="keep_ratio")
     have = table.column("keep_ratio").to_pylist()
     wanted = [any(r is not None and abs(r - w) < 1e-6 for w in ratios) for r in have]
     missing = [w for w in ratios if not any(r is not None and abs(r - w) < 1e-6 for r in have)]
     if missing:
         found = sorted({round(r, 6) for r in have if r is not None})
-        raise InputError(f"--keep-ratio {','.join(map(str, missing))}: no such rows "
+        raise InputError(f"--keep {','.join(map(str, missing))}: no such rows "
                          f"(the file has {', '.join(map(str, found))})", file=path,
                          column="keep_ratio")
     return table.filter(pa.array(wanted))
@@ -250,161 +240,52 @@ def write_manifest(outdir: Path, manifest: dict, extra: dict) -> None:
     write_text_atomic(outdir / MANIFEST, json.dumps({**manifest, **extra}, indent=2, default=str))
 
 
-def prune_checkpoints(ckpt_root: Path, keep: int) -> None:
-    done = sorted(p for p in ckpt_root.glob("step-*") if (p / "state.pt").exists())
-    for old in done[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def latest_checkpoint(outdir: Path) -> Path | None:
-    done = sorted(p for p in (outdir / CHECKPOINTS).glob("step-*") if (p / "state.pt").exists())
-    return done[-1] if done else None
-
-
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop metric lines of steps after the checkpoint we resume from."""
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text().splitlines()
-             if ln.strip() and json.loads(ln)["step"] <= last_step]
-    path.write_text("".join(ln + "\n" for ln in lines))
-
-
-class Timer:
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-
-    def lap(self) -> float:
-        now = time.perf_counter()
-        elapsed, self.start = now - self.start, now
-        return elapsed
-
-
-# --- processes -------------------------------------------------------------------------------
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_spec: str) -> Dist:
-    """Join the process group when launched by torchrun/accelerate (WORLD_SIZE > 1)."""
-    import torch
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world == 1:
-        return Dist()
-    rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-    cuda = torch.cuda.is_available() and device_spec != "cpu"
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    if cuda:
-        torch.cuda.set_device(local)
-    return Dist(rank, world, local)
-
-
-def all_sum(value: float, d: Dist, device) -> float:
-    if d.world == 1:
-        return value
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t.item())
-
-
 # --- model -----------------------------------------------------------------------------------
 
-def load_student(model_opts: ModelOptions, opts: DistillOptions, d: Dist):
+def load_student(model_opts: ModelOptions, opts: DistillOptions, device):
     """(model, tokenizer, autocast dtype or None). `--dtype auto` keeps float32 master weights
     and trains under bf16 autocast on a GPU that has it."""
     import torch
 
-    from cotprune.core.models import load_model, resolve_device
+    from cotprune.core.models import load_model
+    from cotprune.training.parts.lora import apply_lora
 
-    device = resolve_device(model_opts.device)
-    if device.type == "cuda" and d.world > 1:
-        device = torch.device("cuda", d.local_rank)
     autocast = None
     dtype = model_opts.dtype
     if dtype == "auto":
         dtype = "float32"
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             autocast = torch.bfloat16
-    opts_here = ModelOptions(model_opts.model, None, dtype, str(device),
-                             model_opts.trust_remote_code)
-    model, tokenizer = load_model(opts_here, for_training=True)
+    if opts.full and model_opts.adapter:
+        raise InputError("--adapter continues LoRA training from an adapter; it does not go "
+                         "with --full")
+    # With --adapter, load_model attaches it trainable: training continues that adapter.
+    model, tokenizer = load_model(replace(model_opts, dtype=dtype, device=str(device)),
+                                  for_training=True)
     if opts.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
-    if not opts.full:
-        from peft import LoraConfig, get_peft_model
-
-        targets = opts.lora.targets
-        target_modules = targets if targets == "all-linear" else \
-            [t.strip() for t in targets.split(",") if t.strip()]
-        config = LoraConfig(r=opts.lora.r, lora_alpha=opts.lora.alpha,
-                            lora_dropout=opts.lora.dropout, target_modules=target_modules,
-                            task_type="CAUSAL_LM")
-        try:
-            model = get_peft_model(model, config)
-        except ValueError as e:
-            raise InputError(f"--lora-targets: {e}") from None
+    if not opts.full and not model_opts.adapter:
+        model = apply_lora(model, opts.lora)
     model.train()
     return model, tokenizer, autocast
 
 
-def trainable_state(model) -> dict:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+def save_final(outdir: Path, model, tokenizer, *, sharded: bool, main: bool) -> None:
+    """The adapter (LoRA) or the whole model; FSDP weights are gathered first, by all."""
+    if not sharded:
+        if main:
+            model.save_pretrained(outdir, safe_serialization=True)
+            tokenizer.save_pretrained(outdir)
+        return
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
+    from cotprune.training.parts.checkpoint import _full_options
 
-def save_checkpoint(outdir: Path, step: int, model, optimizer, fingerprint: str,
-                    keep: int) -> None:
-    import torch
-
-    root = outdir / CHECKPOINTS
-    target = root / f"step-{step:06d}"
-    tmp = root / f".step-{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    state = {"step": step, "fingerprint": fingerprint, "trainable": trainable_state(model),
-             "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state(),
-             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    torch.save(state, tmp / "state.pt")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    prune_checkpoints(root, keep)
-
-
-def load_checkpoint(path: Path, model, optimizer, fingerprint: str) -> int:
-    import torch
-
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
-    if state["fingerprint"] != fingerprint:
-        raise InputError("the checkpoint was made with other data or options; resume with "
-                         "the same command line", file=str(path))
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in state["trainable"].items():
-            params[name].copy_(value.to(params[name].device))
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng_cpu"])
-    if state["rng_cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
-    return int(state["step"])
-
-
-def save_final(outdir: Path, model, tokenizer) -> None:
-    model.save_pretrained(outdir, safe_serialization=True)
-    tokenizer.save_pretrained(outdir)
+    full = get_model_state_dict(model, options=_full_options())
+    if main:
+        model.save_pretrained(outdir, state_dict=full, safe_serialization=True)
+        tokenizer.save_pretrained(outdir)
 
 
 # --- the loop --------------------------------------------------------------------------------
@@ -416,6 +297,15 @@ def run_distill(pruned: Path, outdir: Path, model_opts: ModelOptions,
 
     import torch
 
+    from cotprune.training.parts.checkpoint import Checkpoints
+    from cotprune.training.parts.dist import (
+        all_sum,
+        barrier,
+        fsdp_requested,
+        init_distributed,
+        wrap_data_parallel,
+    )
+    from cotprune.training.parts.metrics import MetricsLog, Timer
     from cotprune.training.sft import (
         TargetLoss,
         collate_packed,
@@ -430,41 +320,43 @@ def run_distill(pruned: Path, outdir: Path, model_opts: ModelOptions,
         lock_directory(outdir)
     check_outdir(outdir, opts.resume)
     torch.manual_seed(opts.seed)
-    model, tokenizer, autocast = load_student(model_opts, opts, d)
+    model, tokenizer, autocast = load_student(model_opts, opts, d.device)
     manifest = distill_manifest(Path(pruned), model_opts, model, tokenizer, opts)
     if opts.resume:
         check_resume(outdir, manifest)
-    device = next(model.parameters()).device
+    device = d.device
     examples, skipped = load_examples(Path(pruned), tokenizer, opts)
     attn = getattr(model.config, "_attn_implementation", "") or ""
     packed = opts.packing == "pack" or (opts.packing == "auto" and "flash" in attn)
     plan = plan_steps([len(e) for e in examples], opts, packed, d.world)
     total = len(plan.steps)
     warmup = round(opts.warmup_ratio * total)
+    loss_module = TargetLoss(model)
+    wrapped = wrap_data_parallel(loss_module, d, fsdp=fsdp_requested(opts.fsdp),
+                                 layers=loss_module.decoder_layers())
+    # after wrapping: FSDP replaces the parameters by their shards
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
-    loss_module = TargetLoss(model)
-    if d.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        loss_module = DistributedDataParallel(
-            loss_module, device_ids=[d.local_rank] if device.type == "cuda" else None)
     fingerprint = opts.fingerprint() + hashlib.sha256(
         json.dumps([e.input_ids for e in examples]).encode()).hexdigest()[:16]
+    checkpoints = Checkpoints(outdir / CHECKPOINTS, fingerprint=fingerprint,
+                              keep=opts.keep_checkpoints, main=d.main)
+    sharded = wrapped.kind == "fsdp"
     start = 0
-    ckpt = latest_checkpoint(outdir) if opts.resume else None
+    ckpt = checkpoints.latest() if opts.resume else None
     if ckpt is not None:
-        start = load_checkpoint(ckpt, model, optimizer, fingerprint)
+        start = checkpoints.load(ckpt, model, optimizer, sharded=sharded)["step"]
         log.info("distill: resuming after step %d from %s", start, ckpt)
+    metrics = MetricsLog(outdir / METRICS, d.main)
     if d.main:
         outdir.mkdir(parents=True, exist_ok=True)
-        truncate_metrics(outdir / METRICS, start)
+        metrics.truncate(start)
         write_manifest(outdir, manifest, {"status": "running", "steps": total})
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    log.info("distill: %d examples, %d steps, %s micro-batches, %d process(es), %s",
+    log.info("distill: %d examples, %d steps, %s micro-batches, %d process(es) (%s), %s",
              len(examples), total, "packed" if packed else "length-grouped", d.world,
-             "LoRA" if not opts.full else "full fine-tuning")
-    timer, last_loss, first_loss, tokens_seen = Timer(), None, None, 0
+             wrapped.kind, "LoRA" if not opts.full else "full fine-tuning")
+    timer, last_loss, first_loss = Timer(), None, None
     for step in range(start, total):
         for group in optimizer.param_groups:
             group["lr"] = opts.lr * lr_factor(step, total, warmup)
@@ -476,45 +368,41 @@ def run_distill(pruned: Path, outdir: Path, model_opts: ModelOptions,
         for k, batch_ids in enumerate(mine):
             batch = [examples[i] for i in batch_ids]
             mb = (collate_packed(batch) if packed else collate_padded(batch, pad_id)).to(device)
-            sync = k == len(mine) - 1 or d.world == 1
-            ctx = contextlib.nullcontext() if sync else loss_module.no_sync()
+            # gradients are averaged over processes: the world factor makes them the step's sum
+            sync = k == len(mine) - 1
+            ctx = contextlib.nullcontext() if sync else wrapped.no_sync()
             amp = torch.autocast(device.type, dtype=autocast) if autocast else \
                 contextlib.nullcontext()
             with ctx, amp:
-                nll = micro_batch_nll(loss_module, mb)
+                nll = micro_batch_nll(wrapped.train, mb)
                 (nll * (d.world / step_targets)).backward()
             nll_sum += float(nll.detach())
         grad_norm = torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm) \
             if opts.max_grad_norm > 0 else None
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss = all_sum(nll_sum, d, device) / step_targets
+        loss = all_sum(nll_sum, device) / step_targets
         seconds = timer.lap()
-        tokens_seen += step_tokens
         first_loss = loss if first_loss is None else first_loss
         last_loss = loss
+        record = {"step": step + 1, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
+                  "tokens": step_tokens, "target_tokens": step_targets,
+                  "tokens_per_s": step_tokens / max(seconds, 1e-9),
+                  "grad_norm": None if grad_norm is None else float(grad_norm)}
+        metrics.append(record)
+        if (step + 1) % opts.save_every == 0 or step + 1 == total:
+            checkpoints.save(step + 1, model, optimizer, sharded=sharded)
         if d.main:
-            record = {"step": step + 1, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
-                      "tokens": step_tokens, "target_tokens": step_targets,
-                      "tokens_per_s": step_tokens / max(seconds, 1e-9),
-                      "grad_norm": None if grad_norm is None else float(grad_norm)}
-            with open(outdir / METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if (step + 1) % opts.save_every == 0 or step + 1 == total:
-                save_checkpoint(outdir, step + 1, model, optimizer, fingerprint,
-                                opts.keep_checkpoints)
             log.info("distill: step %d/%d loss %.4f lr %.2e %.0f tok/s", step + 1, total, loss,
                      record["lr"], record["tokens_per_s"])
         fault_point("step")
     summary = {"command": "distill", "examples": len(examples), "skipped": skipped,
                "steps": total, "resumed_from": start, "first_loss": first_loss,
-               "final_loss": last_loss, "processes": d.world, "output": str(outdir)}
+               "final_loss": last_loss, "processes": d.world, "parallel": wrapped.kind,
+               "output": str(outdir)}
+    save_final(outdir, model, tokenizer, sharded=sharded, main=d.main)
     if d.main:
-        save_final(outdir, model, tokenizer)
         write_manifest(outdir, manifest,
                        {"status": "done", **{k: v for k, v in summary.items() if k != "command"}})
-    if d.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+    barrier()
     return summary

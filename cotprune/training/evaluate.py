@@ -6,7 +6,7 @@ tokens over all rows and split by truncation; that pair is the accuracy-vs-lengt
 student is judged by.
 
 `--adapter` takes a `distill` output directory as it is (a peft adapter with its tokenizer);
-`--keep-ratio R` writes the ratio into each prompt exactly as `distill --ratio-conditioned`
+`--keep R` writes the ratio into each prompt exactly as `distill --ratio-conditioned`
 did in training (`sampling.ratio_question`).
 """
 
@@ -46,7 +46,7 @@ class EvalOptions:
 
     def __post_init__(self) -> None:
         if self.keep_ratio is not None and not 0 < self.keep_ratio <= 1:
-            raise InputError("--keep-ratio must be in (0, 1]")
+            raise InputError("--keep must be in (0, 1]")
         if self.sampling.samples != 1:
             raise InputError("eval draws one response per question (--samples 1)")
 
@@ -86,9 +86,9 @@ def check_adapter_dir(adapter: str | None, keep_ratio: float | None) -> None:
     if meta.exists():
         conditioned = json.loads(meta.read_text()).get("ratio_conditioned", False)
         if conditioned and keep_ratio is None:
-            log.warning("eval: %s was trained ratio-conditioned; pass --keep-ratio R", adapter)
+            log.warning("eval: %s was trained ratio-conditioned; pass --keep R", adapter)
         if not conditioned and keep_ratio is not None:
-            log.warning("eval: %s was not trained ratio-conditioned; --keep-ratio only "
+            log.warning("eval: %s was not trained ratio-conditioned; --keep only "
                         "changes its prompt", adapter)
 
 

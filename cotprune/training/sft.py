@@ -10,7 +10,7 @@
   attention (flash-attention), so no compute goes to padding. Padded batches are length-grouped
   instead, so little does.
 - `target_nll`: summed NLL of the target tokens, projecting to the vocabulary only at target
-  positions and in chunks.
+  positions and one chunk at a time, forward and backward (`parts.logprobs`).
 - `lr_factor`: linear warm-up then cosine decay to zero.
 """
 
@@ -28,7 +28,6 @@ from cotprune.training.sampling import ratio_question
 
 PACKINGS = ("auto", "pack", "group")
 WINDOW_BATCHES = 32  # length grouping sorts within windows of about this many micro-batches
-NLL_CHUNK_ROWS = 4096  # target rows projected to the vocabulary at a time
 
 
 @dataclass(frozen=True)
@@ -155,48 +154,41 @@ def collate_packed(examples: Sequence[Example]) -> MicroBatch:
 
 # --- loss ------------------------------------------------------------------------------------
 
-def _chunk_nll(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor):
-    logits = torch.nn.functional.linear(hidden, weight, bias).float()
-    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
-
-
 def target_nll(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor,
-               chunk_rows: int = NLL_CHUNK_ROWS) -> torch.Tensor:
+               chunk_rows: int | None = None) -> torch.Tensor:
     """Summed NLL (float32) of `targets` from hidden rows [N, H].
 
-    Beyond one chunk, each chunk's logits are recomputed in the backward pass instead of being
-    kept, so memory holds one chunk x vocabulary of float32 logits at a time.
+    `parts.logprobs.token_logprobs` does the projection: one chunk of logits at a time, in the
+    backward pass as well.
     """
-    if hidden.shape[0] <= chunk_rows:
-        return torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
-    from torch.utils.checkpoint import checkpoint
+    from cotprune.training.parts.logprobs import token_logprobs
 
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for s in range(0, hidden.shape[0], chunk_rows):
-        total = total + checkpoint(_chunk_nll, hidden[s:s + chunk_rows], head.weight,
-                                   getattr(head, "bias", None), targets[s:s + chunk_rows],
-                                   use_reentrant=False)
-    return total
+    logp, _ = token_logprobs(hidden, head, targets, with_entropy=False, chunk_rows=chunk_rows)
+    return -logp.sum()
 
 
 class TargetLoss(torch.nn.Module):
     """Wraps a causal LM (plain or peft): forward returns the summed NLL of a micro-batch.
 
-    Being a module, it is what DDP wraps, so gradient synchronisation sees every forward.
+    Being a module, it is what DDP or FSDP wrap, so gradient synchronisation sees every forward.
     """
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
-        self.model = model
+        from cotprune.training.parts.logprobs import TokenScores
+
+        self.scores = TokenScores(model)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.scores.model
+
+    def decoder_layers(self) -> list[torch.nn.Module]:
+        return self.scores.decoder_layers()
 
     def forward(self, input_ids, position_ids, attention_mask, hidden_index, targets):
-        from cotprune.core.engine import decoder_and_head
-
-        decoder, head = decoder_and_head(self.model)
-        hidden = decoder(input_ids=input_ids, position_ids=position_ids,
-                         attention_mask=attention_mask, use_cache=False).last_hidden_state
-        hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, hidden_index)
-        return target_nll(hidden, head, targets)
+        logp, _ = self.scores(input_ids, attention_mask, position_ids, hidden_index, targets)
+        return -logp.sum()
 
 
 def micro_batch_nll(loss_module: torch.nn.Module, batch: MicroBatch) -> torch.Tensor:
