@@ -460,3 +460,18 @@ def test_a_second_training_process_on_the_same_outdir_is_refused(command, tmp_pa
         os.waitpid(first, 0)
     resumed = run_forked([*args, "--resume"])  # the lock died with the first process
     assert resumed.code == 0, resumed.stderr[-2000:]
+
+
+def test_a_full_disk_mid_greedy_exits_2_and_resume_gives_the_same_orders(tmp_path,
+                                                                          short_chains, model):
+    """ENOSPC while greedy saves its trajectory (write 5: a mid-chain state file)."""
+    args = ["prune", short_chains, "--model", model, "--device", "cpu", "--keep", "0.5"]
+    assert run_forked([*args, "-o", tmp_path / "whole.parquet"]).code == 0
+    out = tmp_path / "out.parquet"
+    run = run_forked([*args, "-o", out], "write:5:enospc")
+    assert run.code == 2, run.stderr[-2000:]
+    assert "No space left on device" in run.stderr and "greedy-" in run.stderr
+    assert not out.exists()
+    resumed = run_forked([*args, "-o", out, "--resume"])
+    assert resumed.code == 0, resumed.stderr
+    assert rows_of(out) == rows_of(tmp_path / "whole.parquet")
