@@ -506,7 +506,12 @@ class DeletionScorer:
         first_of = {k: _first_of_run(state.cot, k) for k in asked}
         candidates = sorted(set(first_of.values()))
         chain, kept, d = self._known(state)
-        rows = dict(self._rows) if chain is not None and chain.ids == state.ids else {}
+        # Rows of the last call carry over only when it scored this very state. When `chain` is
+        # the last call's S_d (this state, one deletion on), its rows S'_k belong to the state
+        # before: carried over, they were later continued as if they were this state's, and a
+        # lazy greedy (--shortlist) step got wrong J for the candidates it did not rescore.
+        same_state = self._chain is not None and self._chain.ids == state.ids
+        rows = dict(self._rows) if same_state else {}
         rest = [k for k in candidates if k not in kept]
         self._kv_left = KEEP_KV_BYTES - sum(_kv_bytes(row) for row in rows.values())
         if chain is None:  # S first, on the prompt: every candidate's prefix is S's

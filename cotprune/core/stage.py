@@ -26,6 +26,7 @@ import pyarrow as pa
 from cotprune.data.files import (
     Shard,
     StageOutput,
+    check_writable,
     input_record,
     make_manifest,
     read_table,
@@ -113,6 +114,7 @@ def open_stage(command: str, source: str | Path, out: str | Path, model_opts, ru
     from cotprune.core.models import load_model
 
     table = read_rows(source, validate, run.limit)
+    check_writable(out)  # before the model loads: a bad -o costs nothing
     shard = Shard.parse(run.shard)
     span = shard.rows(table.num_rows)
     rows = table.slice(span.start, len(span)).to_pylist()

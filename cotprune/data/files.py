@@ -13,6 +13,7 @@ With N shards, OUT is a directory and shard i writes OUT/part-0000i-of-0000N.par
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cotprune.errors import InputError
+from cotprune.faults import fault_point
 from cotprune.version import __version__
 
 MANIFEST_KEY = b"cotprune"
@@ -161,19 +163,72 @@ def list_parquet_files(path: str | Path) -> list[Path]:
     return [path]
 
 
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _is_int_list(t: pa.DataType) -> bool:
+    return (pa.types.is_list(t) or pa.types.is_large_list(t)) and (
+        pa.types.is_integer(t.value_type) or pa.types.is_null(t.value_type))
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_floating(t) or pa.types.is_integer(t)
+
+
+# The Arrow types of the columns cotprune writes (SPEC "Files"), checked on every read so that a
+# column of the wrong type is named here instead of failing deep inside a stage.
+KNOWN_TYPES = {
+    **{c: (_is_text, "string") for c in ("id", "question", "cot", "answer", "reference",
+                                         "method")},
+    **{c: (pa.types.is_integer, "integer") for c in ("cot_start", "cot_end", "answer_start",
+                                                    "answer_end", "original_tokens",
+                                                    "kept_tokens")},
+    **{c: (_is_int_list, "list of integers") for c in ("input_ids", "kept_positions",
+                                                      "prune_order")},
+    **{c: (_is_number, "number") for c in ("keep_ratio", "objective_nll")},
+}
+
+
+def check_types(table: pa.Table, file: str) -> None:
+    """Refuse (exit 2) a known column whose Arrow type is not the one cotprune writes."""
+    for name in table.column_names:
+        known = KNOWN_TYPES.get(name)
+        kind = table.schema.field(name).type
+        if known is None or pa.types.is_null(kind) or known[0](kind):
+            continue
+        column = table.column(name)
+        first = next((i for i, v in enumerate(column.is_valid().to_pylist()) if v), 0)
+        raise InputError(f"expected {known[1]} values, the column holds {kind}", file=file,
+                         row=f"#{first}", column=name)
+
+
 def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
     """Read a stage file (or part directory) whole; anything but Parquet is an InputError."""
     tables = []
-    for f in list_parquet_files(path):
+    files = list_parquet_files(path)
+    for f in files:
         try:
             tables.append(pq.read_table(f, columns=columns))
-        except (pa.ArrowInvalid, OSError) as e:
+        except (pa.ArrowException, OSError) as e:  # empty, truncated, not Parquet at all
             raise InputError(f"not a readable Parquet file ({e})", file=str(f)) from None
+    for f, t in zip(files, tables, strict=True):
+        check_types(t, str(f))
     if len(tables) == 1:
         return tables[0]
+    for f, t in zip(files[1:], tables[1:], strict=True):
+        # Parts of one stage share one schema; a part that differs (another stage's output, a
+        # column of another type) is named rather than silently promoted to nulls.
+        if not t.schema.equals(tables[0].schema):
+            column = next((n for n in sorted(set(t.schema.names) ^ set(tables[0].schema.names))),
+                          None) or next((n for n in t.schema.names
+                                         if t.schema.field(n).type
+                                         != tables[0].schema.field(n).type), None)
+            raise InputError(f"part file's schema differs from that of {files[0].name}",
+                             file=str(f), column=column)
     try:
         return pa.concat_tables(tables, promote_options="default")
-    except pa.ArrowInvalid as e:
+    except pa.ArrowException as e:
         raise InputError(f"part files have different schemas ({e})", file=str(path)) from None
 
 
@@ -185,9 +240,12 @@ def require_columns(table: pa.Table, columns: Iterable[str], file: str) -> None:
 
 def validate_chains(table: pa.Table, file: str, *, need: Iterable[str] = REQUIRED_CHAIN_COLUMNS,
                     unique_ids: bool = True) -> None:
-    """Chains must have the needed columns as non-null strings and unique ids."""
+    """Chains must have rows, the needed columns as non-null strings, a CoT that is not blank,
+    and unique ids (unless `unique_ids` is False: a pruned file has one row per keep ratio)."""
     need = list(need)
     require_columns(table, need, file)
+    if table.num_rows == 0:
+        raise InputError("the file has no rows", file=file)
     ids = table.column("id").to_pylist()
     for column in need:
         values = table.column(column).to_pylist()
@@ -198,11 +256,18 @@ def validate_chains(table: pa.Table, file: str, *, need: Iterable[str] = REQUIRE
             if not isinstance(v, str):
                 raise InputError(f"expected a string, got {type(v).__name__}", file=file,
                                  row=row, column=column)
+            # A blank CoT has nothing to score or prune; a pruned row at keep 0 may be blank.
+            if not v.strip() and (column == "id" or (
+                    column == "cot" and "keep_ratio" not in table.column_names)):
+                raise InputError("empty value", file=file, row=row, column=column)
     if unique_ids:
         seen: set[str] = set()
         for i, v in enumerate(ids):
             if v in seen:
-                raise InputError("duplicate id", file=file, row=f"{v} (#{i})", column="id")
+                hint = ("; this is a pruned file (one row per keep ratio): pass the chains file"
+                        if "keep_ratio" in table.column_names else "")
+                raise InputError(f"duplicate id{hint}", file=file, row=f"{v} (#{i})",
+                                 column="id")
             seen.add(v)
 
 
@@ -216,12 +281,30 @@ def umask_mode(mode: int = 0o666) -> int:
 
 
 def _temp_path_beside(target: Path) -> Path:
+    check_writable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     # mkstemp makes the file 0600; the output must get the usual permissions once renamed.
     os.chmod(name, umask_mode())
     return Path(name)
+
+
+def check_writable(target: str | Path) -> None:
+    """Refuse (exit 2) an output whose directory cannot be written, before any work is done.
+
+    The nearest existing ancestor (or the target itself, when it is a directory already, as a
+    sharded output is) must be a writable directory: the missing ones below it are created when
+    the first file is written."""
+    target = Path(target).absolute()
+    parent = target if target.is_dir() else target.parent
+    while not parent.exists() and not parent.is_symlink():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"cannot write here: {parent} is not a directory", file=str(target))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write here: directory {parent} is not writable",
+                         file=str(target))
 
 
 def write_table(table: pa.Table, path: str | Path, manifest: dict | None = None) -> None:
@@ -232,6 +315,7 @@ def write_table(table: pa.Table, path: str | Path, manifest: dict | None = None)
     tmp = _temp_path_beside(target)
     try:
         pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
+        fault_point("write", target)  # a fault here lands mid-write: the target is untouched
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -292,13 +376,47 @@ class StageOutput:
         self.schema = schema
         self.manifest = {**manifest, "shard": f"{shard.index}/{shard.count}"}
         self._chunk_schema = schema.append(pa.field(ORDER_COLUMN, pa.int64()))
-        if self.partial.exists():
-            if not resume:
-                raise InputError(f"{self.partial} holds rows of an interrupted run: pass --resume "
-                                 "to continue it, or delete it to start again", file=str(out))
-            check_resumable(self._partial_manifest(), self.manifest, str(self.partial))
-        # Created on the first write, so a run that fails before any row leaves nothing behind.
+        check_writable(self.target)
+        # The lock comes first: a second process on the same output is refused before it looks
+        # at (or writes) anything of the first one's.
+        lock_partial(self.partial, self.target)
+        _open_outputs.append(self)
+        self._remove_stale_temps()
+        try:
+            if self.holds_work():
+                if not resume:
+                    raise InputError(f"{self.partial} holds rows of an interrupted run: pass "
+                                     "--resume to continue it, or delete it to start again",
+                                     file=str(out))
+                check_resumable(self._partial_manifest(), self.manifest, str(self.partial))
+            else:  # killed before its first row: nothing to continue, nothing to lose
+                (self.partial / PARTIAL_MANIFEST).unlink(missing_ok=True)
+        except BaseException:
+            self.close()
+            raise
         self._chunks = sorted(self.partial.glob("chunk-*.parquet"))
+
+    def _remove_stale_temps(self) -> None:
+        """Temp files of writes a killed run never renamed: garbage, and ours to remove now that
+        this process holds the output's lock."""
+        for tmp in [*self.target.parent.glob(f".{self.target.name}.*.tmp"),
+                    *self.partial.glob(".*.tmp")]:
+            tmp.unlink(missing_ok=True)
+
+    def holds_work(self) -> bool:
+        """Whether the partial directory holds rows or mid-row state of a run."""
+        keep = {LOCK_FILE, PARTIAL_MANIFEST}
+        return self.partial.is_dir() and any(
+            p.name not in keep and not p.name.startswith(".") for p in self.partial.iterdir())
+
+    def close(self) -> None:
+        """Release the output: unlock it, and remove the partial directory when it holds no
+        work (a run that failed before its first row leaves nothing behind)."""
+        if self in _open_outputs:
+            _open_outputs.remove(self)
+        if not self.holds_work():
+            shutil.rmtree(self.partial, ignore_errors=True)
+        unlock_partial(self.partial)
 
     def _partial_manifest(self) -> dict | None:
         path = self.partial / PARTIAL_MANIFEST
@@ -326,11 +444,16 @@ class StageOutput:
     def write_state(self, name: str, text: str) -> None:
         self._open_partial()
         write_text_atomic(self.partial / name, text)
+        fault_point("state")
 
     def append_state(self, name: str, lines: Iterable[str]) -> None:
+        """Append lines to a state file; rewritten whole and atomically, because a kill in the
+        middle of an append would leave half a line (half an id, read back as another id)."""
         self._open_partial()
-        with open(self.partial / name, "a") as f:
-            f.writelines(line + "\n" for line in lines)
+        path = self.partial / name
+        before = path.read_text() if path.exists() else ""
+        write_text_atomic(path, before + "".join(line + "\n" for line in lines))
+        fault_point("state")
 
     def write(self, rows: list[dict], order: list[int]) -> None:
         """Append finished rows; `order[k]` is the input row index of `rows[k]`."""
@@ -343,6 +466,7 @@ class StageOutput:
         chunk = self.partial / f"chunk-{len(self._chunks):06d}.parquet"
         write_table(table, chunk)
         self._chunks.append(chunk)
+        fault_point("chunk")
 
     def finish(self) -> int:
         """Assemble the chunks in input order into the target; return the row count."""
@@ -355,7 +479,70 @@ class StageOutput:
             table = self.schema.empty_table()
         write_table(table.cast(self.schema), self.target, self.manifest)
         shutil.rmtree(self.partial, ignore_errors=True)
+        self.close()
         return table.num_rows
+
+
+# --- one writer per output -------------------------------------------------------------------
+
+LOCK_FILE = ".lock"  # in OUT.partial/: flock-ed by the process writing OUT, holds its pid
+_locks: dict[str, int] = {}  # partial directory -> the open lock file this process holds
+_open_outputs: list[StageOutput] = []  # closed by `close_outputs` when a command ends
+_made: set[str] = set()  # locked directories this process created (and may remove again)
+
+
+def lock_partial(partial: Path, target: Path) -> None:
+    """Hold an exclusive lock on `partial` (a directory: OUT.partial, or the OUTDIR of `distill`
+    and `rl`) for this process, or refuse (exit 2): two processes writing one output would
+    interleave their chunks or checkpoints. flock dies with its process, so the lock of a run
+    killed with -9 is never stale."""
+    key = str(partial.absolute())
+    if key in _locks:  # this process holds it (an earlier StageOutput of the same output)
+        return
+    if not partial.exists():
+        _made.add(key)
+    partial.mkdir(parents=True, exist_ok=True)
+    fd = os.open(partial / LOCK_FILE, os.O_RDWR | os.O_CREAT, umask_mode())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise InputError(f"another cotprune process (pid {holder}) is writing this output; "
+                         "wait for it to end, or stop it and pass --resume",
+                         file=str(target)) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _locks[key] = fd
+
+
+def unlock_partial(partial: Path) -> None:
+    fd = _locks.pop(str(partial.absolute()), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def lock_directory(directory: Path) -> None:
+    """The one-writer lock of an output directory (`distill`, `rl`), held until `close_outputs`;
+    the directory holds its `.lock` file meanwhile."""
+    lock_partial(Path(directory), Path(directory))
+
+
+def holds_only_lock(directory: Path) -> bool:
+    return directory.is_dir() and all(p.name == LOCK_FILE for p in directory.iterdir())
+
+
+def close_outputs() -> None:
+    """Release every output this process still holds (the CLI calls this when a command ends,
+    however it ends). A locked directory that holds nothing but its lock is removed: a run that
+    failed before writing leaves nothing behind."""
+    for output in list(_open_outputs):
+        output.close()
+    for key in list(_locks):
+        unlock_partial(Path(key))
+        if key in _made and holds_only_lock(Path(key)):
+            shutil.rmtree(key, ignore_errors=True)
+    _made.clear()
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -363,6 +550,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp = _temp_path_beside(path)
     try:
         tmp.write_text(text)
+        fault_point("write", path)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

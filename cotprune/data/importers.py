@@ -59,9 +59,18 @@ def last_boxed(text: str) -> str | None:
 
 # --- sources: yield (row label for errors, record dict) --------------------------------------
 
+def _decode(raw: bytes, path: Path, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 (byte {raw[e.start]:#04x} at offset {e.start} of the "
+                         "line); re-encode the file as UTF-8", file=str(path), row=where) from None
+
+
 def _jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # bytes, so that a line that is not UTF-8 is named
+        for n, raw in enumerate(f, 1):
+            line = _decode(raw, path, f"line {n}")
             if not line.strip():
                 continue
             try:
@@ -74,9 +83,11 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _csv_records(path: Path) -> Iterator[tuple[str, dict]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        for n, rec in enumerate(csv.DictReader(f), 2):  # line 1 is the header
-            yield f"line {n}", rec
+    with open(path, "rb") as f:
+        lines = [_decode(raw, path, f"line {n}") for n, raw in enumerate(f, 1)]
+    reader = csv.DictReader(lines)
+    for rec in reader:
+        yield f"line {reader.line_num}", rec
 
 
 def _parquet_records(path: Path) -> Iterator[tuple[str, dict]]:
@@ -125,6 +136,9 @@ def _records(source: str, fmt: str, split: str) -> Iterator[tuple[str, dict]]:
 
 def _field(rec: dict, name: str, source: str, where: str, *, required: bool = True) -> str | None:
     value = rec.get(name)
+    if isinstance(value, (dict, list)):  # str() of it would import "{'a': 1}" as text
+        raise InputError(f"expected text, got {type(value).__name__}", file=source, row=where,
+                         column=name)
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
             what = "missing field" if name not in rec or value is None else "empty field"

@@ -57,6 +57,22 @@ class Trajectory:
 
     order: list[int] = field(default_factory=list)
     trace: list[float] = field(default_factory=list)
+    # Lazy greedy (--shortlist) chooses from stale costs too: they, the last deletion's place and
+    # the step count are saved with the order, so that a resumed run chooses exactly as an
+    # uninterrupted one would (without them it rescored everything and chose differently).
+    estimates: dict[int, float] = field(default_factory=dict)  # original index -> last cost
+    last_at: int | None = None
+    step: int = 0
+
+
+def _run_of(cot: list[int], k: int) -> range:
+    """The indices of the run of equal tokens around `k`."""
+    lo, hi = k, k
+    while lo > 0 and cot[lo - 1] == cot[k]:
+        lo -= 1
+    while hi + 1 < len(cot) and cot[hi + 1] == cot[k]:
+        hi += 1
+    return range(lo, hi + 1)
 
 
 def lazy_step(scorer: DeletionScorer, state: ChainState, stale: dict[int, float],
@@ -70,9 +86,18 @@ def lazy_step(scorer: DeletionScorer, state: ChainState, stale: dict[int, float]
     ranked = sorted(allowed, key=lambda k: (stale.get(k, float("-inf")), k))
     todo = sorted(set(ranked[:size]) | (must & set(allowed)))
     fresh: dict[int, float] = {}
+    allowed_set = set(allowed)
     while True:
         base_j, js = scorer.candidate_objectives(state, todo)
         fresh.update(js)
+        # Deleting any token of a run of equal tokens gives the same chain: a fresh J holds for
+        # the whole run, and the tie goes to its first token as in exact greedy. Without this
+        # the index recorded depended on which of the run was rescored, so a resumed run (other
+        # float rounding, so other rescoring rounds) could record another one.
+        for k, j in js.items():
+            for mate in _run_of(state.cot, k):
+                if mate in allowed_set:
+                    fresh.setdefault(mate, j)
         rest = [k for k in ranked if k not in fresh]
         best = min(fresh.values(), default=float("inf")) - base_j
         if not rest or stale.get(rest[0], float("-inf")) >= best:
@@ -101,13 +126,13 @@ def greedy_prune(scorer: DeletionScorer, prompt: list[int], cot: list[int], answ
     """
     if prior is not None and opts.shortlist is None:
         raise InputError("greedy with a predictor prior needs --shortlist M")
-    traj = Trajectory(list(start.order), list(start.trace)) if start else Trajectory()
+    traj = Trajectory(list(start.order), list(start.trace), dict(start.estimates),
+                      start.last_at, start.step) if start else Trajectory()
     deleted = set(traj.order)
     positions = [i for i in range(len(cot)) if i not in deleted]  # original index per current k
-    estimates: dict[int, float] = {}  # lazy greedy: last known cost per original index
+    estimates = traj.estimates  # lazy greedy: last known cost per original index
     pending: list[int] = []  # trace entries (per_step > 1) that wait for the next base pass
-    last_at: int | None = None
-    step = 0
+    last_at, step = traj.last_at, traj.step
     while len(traj.order) < deletions:
         state = ChainState(prompt, [cot[i] for i in positions], answer)
         allowed = [k for k, i in enumerate(positions) if i not in protected]
@@ -144,6 +169,7 @@ def greedy_prune(scorer: DeletionScorer, prompt: list[int], cot: list[int], answ
             del positions[k]
         last_at = min(chosen)
         step += 1
+        traj.last_at, traj.step = last_at, step
         if on_step is not None and not pending:
             on_step(traj)
     if pending:

@@ -265,13 +265,14 @@ class GreedyChain:
 
 def read_greedy(path: str | Path, limit: int | None = None) -> tuple[list[GreedyChain], dict]:
     """Chains (first-seen order) of a `prune --method greedy` file, and the file's manifest."""
-    from cotprune.data.files import read_manifest, read_table, require_columns
+    from cotprune.data.files import read_manifest, read_table, require_columns, validate_chains
 
     table = read_table(path)
     if "prune_order" not in table.column_names:
         raise InputError("missing column: fit and eval need `prune --method greedy` output",
                          file=str(path), column="prune_order")
     require_columns(table, GREEDY_COLUMNS, str(path))
+    validate_chains(table, str(path), need=("id",), unique_ids=False)  # rows, ids not null
     chains: dict[str, GreedyChain] = {}
     for row in table.select(list(GREEDY_COLUMNS)).to_pylist():
         if row["prune_order"] is None:
@@ -306,6 +307,9 @@ def fit_predictor(pruned: str | Path, out: str | Path, model_opts, opts: FitOpti
     from cotprune.core.attention import attention_modules
 
     chains, manifest = read_greedy(pruned, limit)
+    from cotprune.data.files import check_writable
+
+    check_writable(out)  # before the features and the training, not after
     greedy_model = manifest.get("model")
     if greedy_model and model_key(greedy_model) != model_key(model_opts.model):
         log.warning("the greedy ranks in %s come from %s; fitting features of %s", pruned,

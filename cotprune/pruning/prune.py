@@ -168,11 +168,16 @@ class GreedyCheckpoint:
         if not self.path.exists():
             return None
         data = json.loads(self.path.read_text())
-        return Trajectory(data["order"], data["trace"]) if data["id"] == self.chain_id else None
+        if data["id"] != self.chain_id:
+            return None
+        estimates = {int(i): j for i, j in data.get("estimates", {}).items()}
+        return Trajectory(data["order"], data["trace"], estimates, data.get("last_at"),
+                          data.get("step", 0))
 
     def save(self, traj: Trajectory) -> None:
         self.output.write_state(self.name, json.dumps(
-            {"id": self.chain_id, "order": traj.order, "trace": traj.trace}))
+            {"id": self.chain_id, "order": traj.order, "trace": traj.trace,
+             "estimates": traj.estimates, "last_at": traj.last_at, "step": traj.step}))
 
 
 def pruned_rows(chain: dict, layout: Layout, order: list[int], opts: PruneOptions, tokenizer,

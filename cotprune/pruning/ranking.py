@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from cotprune.errors import InputError
+from cotprune.faults import fault_point
 
 ARCHS = ("mlp", "linear")
 LOSSES = ("pairwise", "mse")
@@ -214,6 +215,7 @@ def _fit(xs, ys, opts: FitOptions, epochs: int, val=None) -> tuple[RankNet, list
             optim.step()
             total += float(loss.detach()) * x.shape[0]
         curve.append(total / len(ys))
+        fault_point("epoch")
         if val is not None and (epoch % EVAL_EVERY == 0 or epoch == epochs):
             rho = mean_spearman(net, *val)
             if rho is not None and rho > best[0]:

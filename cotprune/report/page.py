@@ -23,7 +23,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cotprune.console import log
-from cotprune.data.files import read_manifest, read_table, require_columns, umask_mode
+from cotprune.data.files import (
+    check_writable,
+    read_manifest,
+    read_table,
+    require_columns,
+    umask_mode,
+    validate_chains,
+)
 from cotprune.errors import InputError
 from cotprune.report.plots import (
     CSS,
@@ -66,6 +73,7 @@ class ReportOptions:
         if self.keep is not None and not 0 <= self.keep <= 1:
             raise InputError(f"--keep must be in [0, 1], got {self.keep}")
         out = Path(self.output)
+        check_writable(out)
         if out.exists() and (not out.is_dir() or
                              (any(out.iterdir()) and not (out / "index.html").exists())):
             raise InputError("-o exists and is not a report directory; choose a new path",
@@ -112,6 +120,7 @@ def load_inputs(paths: list[Path]) -> list[Input]:
     for p in paths:
         table = read_table(p)
         kind = detect_kind(table, str(p))
+        validate_chains(table, str(p), need=["id"], unique_ids=False)  # rows, ids not null
         inputs.append(Input(Path(p), kind, table, read_manifest(p) or {}))
     return inputs
 

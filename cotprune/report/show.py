@@ -12,7 +12,13 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
-from cotprune.data.files import iter_rows, read_manifest, read_table, require_columns
+from cotprune.data.files import (
+    iter_rows,
+    read_manifest,
+    read_table,
+    require_columns,
+    validate_chains,
+)
 from cotprune.errors import InputError
 
 # From "deleted soon after this ratio" to "kept longest".
@@ -69,6 +75,7 @@ def show_file(path: Path, *, chain_id: str | None = None, keep: float | None = N
               limit: int | None = 3, tokenizer: str | None = None) -> None:
     table = read_table(path)
     require_columns(table, ["id", "question", "cot", "answer"], str(path))
+    validate_chains(table, str(path), need=["id"], unique_ids=False)  # rows, ids not null
     console = Console()
     pruned = "kept_positions" in table.column_names and "input_ids" in table.column_names
     texts_of = _token_texts_for(path, tokenizer) if pruned else None

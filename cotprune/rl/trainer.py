@@ -32,11 +32,14 @@ from cotprune.core.models import ModelOptions
 from cotprune.core.stage import run_manifest
 from cotprune.data.files import (
     check_resumable,
+    check_writable,
+    lock_directory,
     read_table,
     validate_chains,
     write_text_atomic,
 )
 from cotprune.errors import InputError
+from cotprune.faults import fault_point
 from cotprune.rl import rewards as R
 from cotprune.rl.response_significance import ResponseSignificance, parse_significance, score_counts
 from cotprune.rl.rollout import Rollout, grade, sample_responses
@@ -171,6 +174,9 @@ class Trainer:
         self.step = 0
 
     def check_output(self) -> None:
+        check_writable(self.out)
+        if self.rank == 0:  # one writer per OUTDIR: a second process is refused (exit 2)
+            lock_directory(self.out)
         metrics = self.out / "metrics.jsonl"
         if metrics.exists() and not self.opts.resume:
             raise InputError("output directory holds a run: pass --resume to continue it, or "
@@ -381,6 +387,7 @@ class Trainer:
                          last["mean_length"], last["tokens_trained"], last["step_time_s"])
             if o.save_every and self.step % o.save_every == 0 and self.step < o.max_steps:
                 self.save_checkpoint(checkpoints)
+            fault_point("step")
         # also at the end: --resume with a larger --max-steps goes on
         self.save_checkpoint(checkpoints)
         self.save_final(manifest)

@@ -31,12 +31,16 @@ from cotprune.console import log
 from cotprune.core.models import ModelOptions
 from cotprune.core.stage import run_manifest
 from cotprune.data.files import (
+    LOCK_FILE,
     check_resumable,
+    check_writable,
+    lock_directory,
     read_table,
     validate_chains,
     write_text_atomic,
 )
 from cotprune.errors import InputError
+from cotprune.faults import fault_point
 from cotprune.training.parts.lora import LoraOptions
 
 __all__ = ["DistillOptions", "LoraOptions", "run_distill"]
@@ -207,11 +211,12 @@ def plan_steps(lengths: list[int], opts: DistillOptions, packed: bool, world: in
 
 def check_outdir(outdir: Path, resume: bool) -> None:
     """A new run needs an empty (or missing) OUTDIR; a leftover run needs --resume."""
+    check_writable(outdir)
     if not outdir.exists():
         return
     if not outdir.is_dir():
         raise InputError("the output of distill is a directory", file=str(outdir))
-    if any(outdir.iterdir()) and not resume:
+    if any(p.name != LOCK_FILE for p in outdir.iterdir()) and not resume:
         raise InputError("directory is not empty: pass --resume to continue its run, or choose "
                          "a new directory", file=str(outdir))
 
@@ -311,6 +316,8 @@ def run_distill(pruned: Path, outdir: Path, model_opts: ModelOptions,
 
     outdir = Path(outdir)
     d = init_distributed(model_opts.device)
+    if d.main:  # one writer per OUTDIR: a second process is refused (exit 2)
+        lock_directory(outdir)
     check_outdir(outdir, opts.resume)
     torch.manual_seed(opts.seed)
     model, tokenizer, autocast = load_student(model_opts, opts, d.device)
@@ -388,6 +395,7 @@ def run_distill(pruned: Path, outdir: Path, model_opts: ModelOptions,
         if d.main:
             log.info("distill: step %d/%d loss %.4f lr %.2e %.0f tok/s", step + 1, total, loss,
                      record["lr"], record["tokens_per_s"])
+        fault_point("step")
     summary = {"command": "distill", "examples": len(examples), "skipped": skipped,
                "steps": total, "resumed_from": start, "first_loss": first_loss,
                "final_loss": last_loss, "processes": d.world, "parallel": wrapped.kind,
