@@ -327,6 +327,39 @@ def test_distill_skips_and_counts_a_sequence_over_max_length(tmp_path, model):
     assert summary_of(out)["skipped"]["too_long"] == 1
 
 
+def long_question(tmp_path: Path) -> Path:
+    """The chains plus a question longer than the tiny models' 2,048-token context."""
+    rows = [*CHAINS, {"id": "long", "question": "Count:" + " one" * 2100, "cot": "x",
+                      "answer": "2100", "reference": "2100"}]
+    return _write(chains_table(rows), tmp_path / "longq.parquet")
+
+
+@pytest.mark.parametrize("command", ["generate", "eval"])
+def test_generation_skips_and_counts_a_question_longer_than_the_context(tmp_path, model,
+                                                                        command, caplog):
+    out = tmp_path / "o.parquet"
+    code, stdout, err = run_cli(*COMMANDS[command](long_question(tmp_path), out, model))
+    assert code == 0, err
+    assert summary_of(stdout)["skipped"] == 1
+    assert "too long for the model's context" in caplog.text and ": long" in caplog.text
+    assert sorted(read_table(out).column("id").to_pylist()) == ["a", "b"]
+
+
+def test_rl_skips_and_counts_a_prompt_longer_than_the_context(tmp_path, model):
+    code, stdout, err = run_cli(*COMMANDS["rl"](long_question(tmp_path), tmp_path / "r", model))
+    assert code == 0, err
+    assert summary_of(stdout)["skipped"] == 1
+
+
+def test_rl_refuses_when_every_prompt_is_too_long(tmp_path, model):
+    rows = [{"id": "long", "question": "Count:" + " one" * 2100, "cot": "x", "answer": "1",
+             "reference": "1"}]
+    path = _write(chains_table(rows), tmp_path / "all-long.parquet")
+    before = outputs_of(tmp_path)
+    assert_refused(COMMANDS["rl"](path, tmp_path / "r", model), tmp_path, before,
+                   ["all-long.parquet", "too long"])
+
+
 # --- valid edge cases succeed ----------------------------------------------------------------
 
 def test_keep_0_and_keep_1_prune_to_nothing_and_to_everything(tmp_path, model):

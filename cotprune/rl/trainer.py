@@ -54,6 +54,7 @@ from cotprune.training.parts.dist import Dist, all_max, init_distributed, wrap_d
 from cotprune.training.parts.logprobs import TokenScores
 from cotprune.training.parts.lora import LoraOptions, apply_lora
 from cotprune.training.parts.metrics import MetricsLog, peak_memory_mb
+from cotprune.training.sampling import too_long
 
 REWARDS = ("accuracy", "length", "bingo")
 
@@ -162,6 +163,7 @@ class Trainer:
         self.metrics = MetricsLog(self.out / "metrics.jsonl", self.dist.main)
         layout = ChainLayout(self.tokenizer)
         self.prompt_ids = [layout.prompt_ids(p["question"]) for p in self.prompts]
+        self.skipped = self.drop_too_long(opts)
         self.stop_ids = stop_token_ids(self.tokenizer, layout)
         if self.scorer is not None:
             self.scorer.bind(self.pair.policy, self.tokenizer, self.stop_ids,
@@ -172,6 +174,23 @@ class Trainer:
         self.schedule = R.BingoSchedule(lambda_we=opts.bingo["lambda_we"])
         self.ref_counts: dict[int, tuple[int, int]] = {}
         self.step = 0
+
+    def drop_too_long(self, opts: RLOptions) -> int:
+        """Drop the prompts that leave no room for --max-new-tokens in the model's context
+        (counted in the summary); refuse when none is left."""
+        long = set(too_long([len(p) for p in self.prompt_ids], opts.max_new_tokens,
+                            self.pair.policy))
+        if not long:
+            return 0
+        ids = [self.prompts[i]["id"] for i in sorted(long)]
+        log.warning("skipping %d prompt(s) too long for the model's context with "
+                    "--max-new-tokens %d: %s", len(ids), opts.max_new_tokens, ", ".join(ids[:5]))
+        if len(long) == len(self.prompts):
+            raise InputError(f"every prompt is too long for the model's context with "
+                             f"--max-new-tokens {opts.max_new_tokens}", file=opts.prompts)
+        self.prompts = [p for i, p in enumerate(self.prompts) if i not in long]
+        self.prompt_ids = [p for i, p in enumerate(self.prompt_ids) if i not in long]
+        return len(long)
 
     def check_output(self) -> None:
         check_writable(self.out)
@@ -391,7 +410,8 @@ class Trainer:
         # also at the end: --resume with a larger --max-steps goes on
         self.save_checkpoint(checkpoints)
         self.save_final(manifest)
-        return {"command": "rl", "steps": self.step, "output": str(self.out),
+        return {"command": "rl", "steps": self.step, "skipped": self.skipped,
+                "output": str(self.out),
                 **{k: last[k] for k in ("reward_mean", "accuracy", "mean_length")
                    if k in last}}
 

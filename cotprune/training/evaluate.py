@@ -24,7 +24,11 @@ from cotprune.core.stage import RunOptions, open_stage
 from cotprune.data.files import extend_schema, read_table, validate_chains
 from cotprune.data.layout import ANSWER_PREFIX
 from cotprune.errors import InputError
-from cotprune.training.generate_chains import generate_in_batches
+from cotprune.training.generate_chains import (
+    generate_in_batches,
+    too_long_questions,
+    warn_too_long,
+)
 from cotprune.training.grading import is_correct
 from cotprune.training.sampling import SamplingOptions, ratio_question, response_answer
 
@@ -118,11 +122,13 @@ def run_eval(bench: Path, output: Path, model_opts: ModelOptions, opts: EvalOpti
     rows = stage.rows
     done = stage.output.done_ids
     questions = [ratio_question(r["question"], opts.keep_ratio) for r in rows]
+    skipped = too_long_questions(stage.model, stage.tokenizer, questions, opts.sampling)
+    warn_too_long([rows[i]["id"] for i in skipped], opts.sampling)
     with Progress(len(rows), "eval") as progress:
-        progress.advance(len(done))
+        progress.advance(len(done) + len(skipped))
         for batch, responses in generate_in_batches(
                 stage.model, stage.tokenizer, questions, opts.sampling, opts.batch_tokens,
-                skip_batch=lambda b: any(rows[i]["id"] in done for i in b)):
+                skip_batch=lambda b: any(rows[i]["id"] in done for i in b), exclude=skipped):
             out = []
             for i, (resp,) in zip(batch, responses, strict=True):
                 prediction = response_answer(resp.text, opts.answer_marker)
@@ -137,5 +143,5 @@ def run_eval(bench: Path, output: Path, model_opts: ModelOptions, opts: EvalOpti
     summary = summarise(result.column("correct").to_pylist(),
                         result.column("generated_tokens").to_pylist(),
                         result.column("truncated").to_pylist())
-    return {"command": "eval", **summary, "keep_ratio": opts.keep_ratio,
+    return {"command": "eval", **summary, "skipped": len(skipped), "keep_ratio": opts.keep_ratio,
             "output": str(stage.output.target)}

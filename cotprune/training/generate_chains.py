@@ -41,6 +41,7 @@ from cotprune.training.sampling import (
     response_answer,
     split_response,
     stop_token_ids,
+    too_long,
 )
 
 GENERATED_FIELDS = [
@@ -73,14 +74,34 @@ def batch_seed(seed: int, batch_index: int) -> int:
     return (seed * 1_000_003 + batch_index) % (2**63)
 
 
+def too_long_questions(model, tokenizer, questions: Sequence[str], opts: SamplingOptions,
+                       ) -> list[int]:
+    """Indices of the questions whose prompt leaves no room for --max-new-tokens in the model's
+    context: generate and eval skip them and count them."""
+    layout = ChainLayout(tokenizer)
+    return too_long([len(layout.prompt_ids(q)) for q in questions], opts.max_new_tokens, model)
+
+
+def warn_too_long(ids: Sequence[str], opts: SamplingOptions) -> None:
+    if ids:
+        shown = ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else "")
+        log.warning("skipping %d question(s) too long for the model's context with "
+                    "--max-new-tokens %d: %s", len(ids), opts.max_new_tokens, shown)
+
+
 def generate_in_batches(model, tokenizer, questions: Sequence[str], opts: SamplingOptions,
                         batch_tokens: int, *, skip_batch: Callable[[list[int]], bool],
+                        exclude: Sequence[int] = (),
                         ) -> Iterator[tuple[list[int], list[list[Response]]]]:
-    """Yield (row indices, responses per row) batch by batch, skipping batches already done."""
+    """Yield (row indices, responses per row) batch by batch, skipping batches already done and
+    the rows in `exclude` (too long: `question_prompts`)."""
     chain_layout = ChainLayout(tokenizer)
     prompts = [chain_layout.prompt_ids(q) for q in questions]
     stops = stop_token_ids(tokenizer, chain_layout)
-    plan = plan_generation_batches([len(p) for p in prompts], opts, batch_tokens)
+    gone = set(exclude)
+    kept = [i for i in range(len(prompts)) if i not in gone]
+    plan = [[kept[j] for j in rows] for rows in
+            plan_generation_batches([len(prompts[i]) for i in kept], opts, batch_tokens)]
     for b, rows in enumerate(plan):
         if skip_batch(rows):
             continue
@@ -137,12 +158,15 @@ def run_generate(questions_path: Path, output: Path, model_opts: ModelOptions,
         options=generate_options(opts), merge_adapter=True)
     rows, out_stage = stage.rows, stage.output
     done = _done_questions(out_stage, rows, opts)
+    questions = [r["question"] for r in rows]
+    skipped = too_long_questions(stage.model, stage.tokenizer, questions, opts.sampling)
+    warn_too_long([rows[i]["id"] for i in skipped], opts.sampling)
     new_samples = new_truncated = 0
     with Progress(len(rows), "generate") as progress:
-        progress.advance(sum(1 for r in rows if r["id"] in done))
+        progress.advance(sum(1 for r in rows if r["id"] in done) + len(skipped))
         for batch, responses in generate_in_batches(
-                stage.model, stage.tokenizer, [r["question"] for r in rows], opts.sampling,
-                opts.batch_tokens, skip_batch=lambda b: any(rows[i]["id"] in done for i in b)):
+                stage.model, stage.tokenizer, questions, opts.sampling, opts.batch_tokens,
+                skip_batch=lambda b: any(rows[i]["id"] in done for i in b), exclude=skipped):
             out, local = [], []
             for i, group in zip(batch, responses, strict=True):
                 chains = chain_rows(rows[i], group, opts)
@@ -156,7 +180,7 @@ def run_generate(questions_path: Path, output: Path, model_opts: ModelOptions,
     n = out_stage.finish()
     result = read_table(out_stage.target, columns=["correct", "truncated"])
     correct = [c for c in result.column("correct").to_pylist() if c is not None]
-    summary = {"command": "generate", "questions": len(rows), "rows": n,
+    summary = {"command": "generate", "questions": len(rows), "skipped": len(skipped), "rows": n,
                "new_samples": new_samples, "new_truncated": new_truncated,
                "correct_rows": sum(correct), "graded_rows": len(correct),
                "output": str(out_stage.target)}

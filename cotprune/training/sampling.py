@@ -88,6 +88,16 @@ def stop_token_ids(tokenizer, chain_layout: ChainLayout) -> list[int]:
     return sorted(ids)
 
 
+def too_long(prompt_lengths: Sequence[int], max_new_tokens: int, model) -> list[int]:
+    """Indices of the prompts that leave no room for `max_new_tokens` in the model's context
+    (its config's max_position_embeddings; none when the config does not say): generating past
+    the context gives garbage or fails, so these are skipped and counted instead."""
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not context:
+        return []
+    return [i for i, n in enumerate(prompt_lengths) if n + max_new_tokens > context]
+
+
 def finish_response(new_ids: Sequence[int], stop_ids: Sequence[int], max_new_tokens: int,
                     pad_id: int | None = None) -> tuple[list[int], int, bool]:
     """(content ids before the stop token, generated token count, truncated) of one row.
