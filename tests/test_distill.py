@@ -212,3 +212,34 @@ def test_keep_ratio_picks_rows_of_a_multi_ratio_file(tiny_gpt2_model, tmp_path):
     code, _, err = run_cli("distill", pruned, "-o", tmp_path / "t", "--model",
                            tiny_gpt2_model, "--keep", "0.3")
     assert code == 2 and "keep_ratio" in err and not (tmp_path / "t").exists()
+
+
+def _enospc(*_args, **_kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device (injected)")
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "final"])
+def test_a_full_disk_while_saving_leaves_no_weights_that_look_complete(tiny_gpt2_model,
+                                                                        tmp_path, monkeypatch,
+                                                                        where):
+    """ENOSPC inside torch.save (a checkpoint) or while the final adapter and tokenizer are
+    written: exit 2 with the resume hint, no adapter at OUTDIR, and --resume then finishes."""
+    import transformers
+
+    data = _pruned_file(tmp_path / "pruned.parquet")
+    out = tmp_path / "student"
+    args = ["distill", data, "-o", out, "--model", tiny_gpt2_model, "--max-steps", "2",
+            "--batch-tokens", "600", "--save-every", "1", "--device", "cpu"]
+    with monkeypatch.context() as patch:
+        if where == "checkpoint":
+            patch.setattr(torch, "save", _enospc)
+        else:  # the tokenizer is written after the weights: they must not be in place yet
+            patch.setattr(transformers.PreTrainedTokenizerBase, "save_pretrained", _enospc)
+        code, _, err = run_cli(*args)
+    assert code == 2 and "No space left" in err and "--resume" in err
+    assert not (out / "adapter_model.safetensors").exists()
+    code, stdout, err = run_cli(*args, "--resume")
+    assert code == 0, err
+    assert summary_of(stdout)["steps"] == 2 and (out / "adapter_model.safetensors").exists()

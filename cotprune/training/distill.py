@@ -272,20 +272,31 @@ def load_student(model_opts: ModelOptions, opts: DistillOptions, device):
 
 
 def save_final(outdir: Path, model, tokenizer, *, sharded: bool, main: bool) -> None:
-    """The adapter (LoRA) or the whole model; FSDP weights are gathered first, by all."""
-    if not sharded:
-        if main:
-            model.save_pretrained(outdir, safe_serialization=True)
-            tokenizer.save_pretrained(outdir)
+    """The adapter (LoRA) or the whole model; FSDP weights are gathered first, by all.
+
+    Written into a temporary directory and moved into OUTDIR file by file, the weights last, so
+    a full disk or a kill mid-write never leaves weights at OUTDIR that look complete."""
+    full = None
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        from cotprune.training.parts.checkpoint import _full_options
+
+        full = get_model_state_dict(model, options=_full_options())
+    if not main:
         return
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    import os
+    import shutil
 
-    from cotprune.training.parts.checkpoint import _full_options
-
-    full = get_model_state_dict(model, options=_full_options())
-    if main:
-        model.save_pretrained(outdir, state_dict=full, safe_serialization=True)
-        tokenizer.save_pretrained(outdir)
+    tmp = outdir / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True,
+                          **({} if full is None else {"state_dict": full}))
+    tokenizer.save_pretrained(tmp)
+    for name in sorted(os.listdir(tmp), key=lambda n: (n.endswith(".safetensors")
+                                                      or n.endswith(".index.json"), n)):
+        os.replace(tmp / name, outdir / name)
+    tmp.rmdir()
 
 
 # --- the loop --------------------------------------------------------------------------------
