@@ -41,11 +41,15 @@ def emit_summary(summary: dict) -> None:
 
 
 class Progress:
-    """Counts rows (and tokens) done; a rich bar on a terminal, plain lines elsewhere."""
+    """Counts rows (and tokens) done; a rich bar on a terminal, plain lines elsewhere.
+
+    Rows done by an earlier run (`--resume`) or skipped are counted with `skip`: they move the
+    count but not the rate, so the rate and the time left are those of this run's work.
+    """
 
     def __init__(self, total: int, description: str, *, every_s: float = 10.0):
         self.total, self.description, self.every_s = total, description, every_s
-        self.done = self.tokens = 0
+        self.done = self.tokens = self.skipped = 0
         self.start = self._last = time.perf_counter()
         self._bar = None
         if sys.stderr.isatty():
@@ -64,8 +68,20 @@ class Progress:
         return time.perf_counter() - self.start
 
     def rate_text(self) -> str:
+        """This run's rate (rows/s, or s/row for slow stages such as greedy), tokens/s, and
+        the time left at that rate."""
         s = max(self.seconds, 1e-9)
-        return f"{self.done / s:.2f} rows/s, {self.tokens / s:.0f} tok/s"
+        worked = self.done - self.skipped
+        if worked == 0:
+            return f"{self.tokens / s:.0f} tok/s"
+        rate = (f"{worked / s:.2f} rows/s" if worked >= s else f"{s / worked:.0f} s/row")
+        left = (self.total - self.done) * s / worked
+        return f"{rate}, {self.tokens / s:.0f} tok/s, {format_duration(left)} left"
+
+    def skip(self, rows: int = 1) -> None:
+        """Rows that need no work in this run: done before (--resume) or skipped."""
+        self.skipped += rows
+        self.advance(rows)
 
     def advance(self, rows: int = 1, tokens: int = 0) -> None:
         self.done += rows
@@ -85,3 +101,13 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def format_duration(seconds: float) -> str:
+    """1h05m, 12m30s or 42s."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"

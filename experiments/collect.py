@@ -2,7 +2,12 @@
 
 Reads what the Makefile wrote under `--work`: evals/*.parquet (graded answers), students/*/
 (distill.json, metrics.jsonl), pruned/*.parquet (J and kept positions of the training chains)
-and times/*.json (wall seconds per stage). Writes `--out` (JSON) and `--table` (Markdown).
+and times/*.json (wall seconds per stage). Writes `--out` (JSON), `--table` (Markdown) and
+`--plot` (accuracy against generated tokens, every arm, with the Pareto front).
+
+Results accumulate: the records of arms already in `--out` and not evaluated this time are
+kept (a sitting that runs only some arms, on a machine without the others' files, adds to the
+table instead of replacing it); a re-evaluated arm's record is replaced.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
 from pathlib import Path
 
 Z95 = 1.959963984540054
@@ -69,8 +75,17 @@ def seconds(times: Path, stage: str) -> float | None:
     return round(sum(a["seconds"] for a in json.loads(f.read_text())["attempts"]), 1)
 
 
+def split_subset(student: str) -> tuple[str, int | None]:
+    """`greedy-0.5-n96` -> ("greedy-0.5", 96): the student trained on the first 96 chains."""
+    base, sep, n = student.rpartition("-n")
+    if sep and n.isdigit():
+        return base, int(n)
+    return student, None
+
+
 def student_source(student: str) -> tuple[str, float | None]:
     """(pruned file stem, keep ratio) a student was trained on, from its name."""
+    student = split_subset(student)[0]
     if student == "full":
         return "full", 1.0
     if student == "nocot":
@@ -82,12 +97,17 @@ def student_source(student: str) -> tuple[str, float | None]:
 
 
 def training_rows(work: Path, student: str) -> list[dict]:
+    """The pruned rows a student was trained on: its keep ratio's, of its first N chains."""
     stem, keep = student_source(student)
     rows = read_rows(work / "pruned" / stem if stem == "greedy" else
                      work / "pruned" / f"{stem}.parquet")
-    if keep is None:
-        return rows
-    return [r for r in rows if abs(r["keep_ratio"] - keep) < 1e-6]
+    if keep is not None:
+        rows = [r for r in rows if abs(r["keep_ratio"] - keep) < 1e-6]
+    n = split_subset(student)[1]
+    if n is not None:
+        first = list(dict.fromkeys(r["id"] for r in rows))[:n]
+        rows = [r for r in rows if r["id"] in set(first)]
+    return rows
 
 
 def arm_record(work: Path, name: str, tokenizer) -> dict:
@@ -110,7 +130,7 @@ def arm_record(work: Path, name: str, tokenizer) -> dict:
     prune_seconds = (round(sum(seconds(times, p.stem) or 0 for p in greedy_parts), 1)
                      if method == "greedy" else seconds(times, data_stage))
     return {
-        "arm": name, "method": "tokenskip" if student == "tokenskip" else method,
+        "arm": name, "method": "tokenskip" if student.startswith("tokenskip") else method,
         "keep": eval_keep if eval_keep is not None else keep,
         "train_chains": distilled.get("examples"),
         "tokens_trained": sum(m["tokens"] for m in metrics),
@@ -130,7 +150,34 @@ def arm_record(work: Path, name: str, tokenizer) -> dict:
         "seconds": {"prune": prune_seconds,
                     "distill": seconds(times, f"students_{student}_adapter_model.safetensors"),
                     "eval": seconds(times, f"evals_{name}.parquet")},
+        "commit": current_commit(),
     }
+
+
+def current_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def merge_records(previous: list[dict], new: list[dict]) -> list[dict]:
+    """The earlier records in their order, each replaced by this run's record of the same arm
+    where there is one, then this run's other records."""
+    fresh = {r["arm"]: r for r in new}
+    merged = [fresh.pop(r["arm"], r) for r in previous]
+    return merged + [r for r in new if r["arm"] in fresh]
+
+
+def write_plot(records: list[dict], path: Path) -> None:
+    from cotprune.report.plots import pareto_front, pareto_plot
+
+    tokens = [r["mean_generated_tokens"] for r in records]
+    accuracy = [r["accuracy"] for r in records]
+    png = pareto_plot([r["arm"] for r in records], tokens, accuracy,
+                      pareto_front(tokens, accuracy), name=path.name)
+    path.write_bytes(png.data)
 
 
 def float32_objectives(model_name: str, rows: list[dict]) -> list[float]:
@@ -198,6 +245,7 @@ def main() -> None:
     parser.add_argument("--evals", required=True, help="Space-separated eval names, in order.")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--table", type=Path, required=True)
+    parser.add_argument("--plot", type=Path, help="Accuracy against generated tokens (PNG).")
     args = parser.parse_args()
 
     from cotprune.core.models import load_tokenizer
@@ -205,13 +253,17 @@ def main() -> None:
 
     model = read_manifest(args.work / "pruned" / "full.parquet").get("model")
     tokenizer = load_tokenizer(model)
-    records = [arm_record(args.work, e, tokenizer) for e in args.evals.split()]
-    validation = greedy_validation(args.work, model)
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    records = merge_records(previous.get("arms", []),
+                            [arm_record(args.work, e, tokenizer) for e in args.evals.split()])
+    validation = greedy_validation(args.work, model) or previous.get("greedy_validation", [])
     result = {"experiment": args.name, "model": model, "arms": records,
               "greedy_validation": validation}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     args.table.write_text(markdown(records, validation))
+    if args.plot:
+        write_plot(records, args.plot)
     print(args.table.read_text())
 
 

@@ -64,3 +64,52 @@ def test_smoke_run_end_to_end_and_cached(tmp_path):
     assert second.returncode == 0
     assert " prune " not in second.stdout and " distill " not in second.stdout
     assert "collect.py" in second.stdout
+
+
+def _labels(*args, cwd):
+    return subprocess.run(["bash", str(ROOT / "experiments" / "labels.sh"), *args], cwd=cwd,
+                          capture_output=True, text=True)
+
+
+def test_labels_keep_finished_shards_and_saved_progress(tmp_path):
+    """labels.sh: a finished shard is kept in LABELS and copied back instead of recomputed; an
+    unfinished shard's saved progress is put back before the command resumes it."""
+    labels, work = tmp_path / "labels", tmp_path / "work" / "greedy"
+    part = work / "part-00001-of-00008.parquet"
+    # an interrupted run left progress; save it (the lock is the live process's, not saved)
+    partial = work / ".part-00001.partial"
+    partial.mkdir(parents=True)
+    (partial / "chunk-000000.parquet").write_text("chain 0")
+    (partial / ".lock").write_text("123")
+    saved = _labels("save", str(labels), str(work), cwd=tmp_path)
+    assert saved.returncode == 0 and "saved 1 finished chains of shard 00001" in saved.stdout
+    assert sorted(p.name for p in (labels / "partial-00001").iterdir()) == ["chunk-000000.parquet"]
+    # a fresh machine: the work directory is gone; the command must find the progress restored
+    import shutil
+    shutil.rmtree(tmp_path / "work")
+    resume = (f"test -f {partial}/chunk-000000.parquet && mkdir -p {work} && "
+              f"echo labels > {part}")
+    ran = _labels("run", str(labels), str(part), "--", "bash", "-c", resume, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert (labels / part.name).read_text() == "labels\n"
+    assert not (labels / "partial-00001").exists()
+    # the part is cached: a later run copies it and never runs the (here failing) command
+    part.unlink()
+    again = _labels("run", str(labels), str(part), "--", "false", cwd=tmp_path)
+    assert again.returncode == 0 and part.read_text() == "labels\n"
+    # a command that fails leaves nothing in LABELS
+    other = work / "part-00002-of-00008.parquet"
+    failed = _labels("run", str(labels), str(other), "--", "false", cwd=tmp_path)
+    assert failed.returncode != 0 and not (labels / other.name).exists()
+
+
+def test_collect_merges_records_and_reads_subset_names():
+    collect = _collect()
+    assert collect.split_subset("greedy-0.5-n96") == ("greedy-0.5", 96)
+    assert collect.split_subset("nocot") == ("nocot", None)
+    assert collect.student_source("surprisal-0.5-n64") == ("surprisal", 0.5)
+    assert collect.student_source("full-n64") == ("full", 1.0)
+    old = [{"arm": "full", "v": 1}, {"arm": "nocot", "v": 1}]
+    new = [{"arm": "nocot", "v": 2}, {"arm": "greedy-0.5", "v": 2}]
+    assert collect.merge_records(old, new) == [{"arm": "full", "v": 1}, {"arm": "nocot", "v": 2},
+                                               {"arm": "greedy-0.5", "v": 2}]

@@ -251,7 +251,7 @@ def run_prune(chains_path: Path, out: Path, model_opts: ModelOptions, opts: Prun
     with Progress(len(chains), f"prune {opts.method}") as progress:
         for offset, chain in enumerate(chains):
             if chain["id"] in done:
-                progress.advance()
+                progress.skip()
                 continue
             layout = layouter.layout(chain["question"], chain["cot"], chain["answer"])
             n = len(layout.cot_ids)
@@ -259,10 +259,11 @@ def run_prune(chains_path: Path, out: Path, model_opts: ModelOptions, opts: Prun
                 log.warning("skipping %s: %d CoT tokens > --max-cot-tokens %d", chain["id"], n,
                             opts.max_cot_tokens)
                 skipped += 1
-                progress.advance()
+                progress.skip()
                 continue
             todo.append((offset, layout))
         for group in chain_groups(todo, opts):
+            tokens_run = ctx.scorer.counts()["tokens_run"]
             orders = deletion_orders([chains[k] for k, _ in group], [x for _, x in group], ctx)
             for (offset, layout), (order, trajectory) in zip(group, orders, strict=True):
                 rows = pruned_rows(chains[offset], layout, order, opts, tokenizer, model,
@@ -270,7 +271,9 @@ def run_prune(chains_path: Path, out: Path, model_opts: ModelOptions, opts: Prun
                 stage.write(rows, [offset] * len(rows))
                 cot_tokens += len(layout.cot_ids)
                 baseline_tokens += greedy_baseline_tokens(layout, opts)
-                progress.advance(1, tokens=len(layout.cot_ids))
+                # the engine's decoder tokens: what a deletion method's speed is made of
+                progress.advance(1, tokens=ctx.scorer.counts()["tokens_run"] - tokens_run)
+                tokens_run = ctx.scorer.counts()["tokens_run"]
         seconds = progress.seconds
     written = output.finish()
     return {"command": "prune", "method": opts.method, "chains": len(chains) - skipped,

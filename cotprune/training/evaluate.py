@@ -125,7 +125,7 @@ def run_eval(bench: Path, output: Path, model_opts: ModelOptions, opts: EvalOpti
     skipped = too_long_questions(stage.model, stage.tokenizer, questions, opts.sampling)
     warn_too_long([rows[i]["id"] for i in skipped], opts.sampling)
     with Progress(len(rows), "eval") as progress:
-        progress.advance(len(done) + len(skipped))
+        progress.skip(len(done) + len(skipped))
         for batch, responses in generate_in_batches(
                 stage.model, stage.tokenizer, questions, opts.sampling, opts.batch_tokens,
                 skip_batch=lambda b: any(rows[i]["id"] in done for i in b), exclude=skipped):

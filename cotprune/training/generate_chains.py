@@ -163,7 +163,7 @@ def run_generate(questions_path: Path, output: Path, model_opts: ModelOptions,
     warn_too_long([rows[i]["id"] for i in skipped], opts.sampling)
     new_samples = new_truncated = 0
     with Progress(len(rows), "generate") as progress:
-        progress.advance(sum(1 for r in rows if r["id"] in done) + len(skipped))
+        progress.skip(sum(1 for r in rows if r["id"] in done) + len(skipped))
         for batch, responses in generate_in_batches(
                 stage.model, stage.tokenizer, questions, opts.sampling, opts.batch_tokens,
                 skip_batch=lambda b: any(rows[i]["id"] in done for i in b), exclude=skipped):
