@@ -72,11 +72,12 @@ class Progress:
         the time left at that rate."""
         s = max(self.seconds, 1e-9)
         worked = self.done - self.skipped
+        tokens = [f"{self.tokens / s:.0f} tok/s"] if self.tokens else []
         if worked == 0:
-            return f"{self.tokens / s:.0f} tok/s"
-        rate = (f"{worked / s:.2f} rows/s" if worked >= s else f"{s / worked:.0f} s/row")
+            return ", ".join(tokens)
+        rate = f"{worked / s:.2f} rows/s" if worked >= s else f"{s / worked:.0f} s/row"
         left = (self.total - self.done) * s / worked
-        return f"{rate}, {self.tokens / s:.0f} tok/s, {format_duration(left)} left"
+        return ", ".join([rate, *tokens, f"{format_duration(left)} left"])
 
     def skip(self, rows: int = 1) -> None:
         """Rows that need no work in this run: done before (--resume) or skipped."""
