@@ -126,9 +126,8 @@ def arm_record(work: Path, name: str, tokenizer) -> dict:
     times = work / "times"
     data_stage = {"full": "train.parquet", "nocot": "pruned_nocot.parquet"}.get(
         method, f"pruned_{method}.parquet")
-    greedy_parts = sorted(times.glob("pruned_greedy_part-*.json"))
-    prune_seconds = (round(sum(seconds(times, p.stem) or 0 for p in greedy_parts), 1)
-                     if method == "greedy" else seconds(times, data_stage))
+    prune_seconds = (greedy_seconds(work, split_subset(student)[1]) if method == "greedy"
+                     else seconds(times, data_stage))
     return {
         "arm": name, "method": "tokenskip" if student.startswith("tokenskip") else method,
         "keep": eval_keep if eval_keep is not None else keep,
@@ -152,6 +151,18 @@ def arm_record(work: Path, name: str, tokenizer) -> dict:
                     "eval": seconds(times, f"evals_{name}.parquet")},
         "commit": current_commit(),
     }
+
+
+def greedy_seconds(work: Path, chains: int | None) -> float:
+    """Wall seconds of the finished greedy shards that hold the first `chains` chains (all of
+    them for None): the labels a student trained on, not the shards still running."""
+    total, covered = 0.0, 0
+    for part in sorted((work / "pruned" / "greedy").glob("part-*.parquet")):
+        if chains is not None and covered >= chains:
+            break
+        covered += len({r["id"] for r in read_rows(part, ["id"])})
+        total += seconds(work / "times", f"pruned_greedy_{part.name}") or 0.0
+    return round(total, 1)
 
 
 def current_commit() -> str | None:

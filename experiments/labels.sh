@@ -2,9 +2,11 @@
 # Greedy labels are the experiment's costly stage (hours on a CPU), so they are kept in a
 # committed directory, LABELS, beside the work directory that a fresh machine lacks:
 #
-#   labels.sh run LABELS PART -- COMMAND...   make PART (a greedy shard's part file): copy it
-#       from LABELS if it is there; else put back the shard's saved progress (if any), run
-#       COMMAND (a `cotprune prune ... --resume`), and keep the finished part in LABELS.
+#   labels.sh run LABELS PART TIMES -- COMMAND...   make PART (a greedy shard's part file):
+#       copy it from LABELS if it is there; else put back the shard's saved progress (if any),
+#       run COMMAND (a `cotprune prune ... --resume` that records its seconds in TIMES), and
+#       keep the finished part in LABELS. TIMES travels with the part, so that the results
+#       report the labels' cost on a machine that only copied them.
 #   labels.sh save LABELS DIR   copy the progress of DIR's unfinished shards into LABELS (the
 #       chunks of finished chains and the current chain's checkpoint), to commit.
 #
@@ -22,13 +24,18 @@ shard_index() {  # part-00001-of-00008.parquet -> 00001
 
 case $mode in
 run)
-    part=$1
-    shift
+    part=$1 times=$2
+    shift 2
     [ "$1" = "--" ] && shift
     dir=$(dirname "$part")
     i=$(shard_index "$part")
+    kept_times="$labels/${part##*/}"
+    kept_times="${kept_times%.parquet}.times.json"
     if [ -f "$labels/${part##*/}" ]; then
         mkdir -p "$dir" && cp "$labels/${part##*/}" "$part"
+        if [ -f "$kept_times" ]; then
+            mkdir -p "$(dirname "$times")" && cp "$kept_times" "$times"
+        fi
         exit 0
     fi
     if [ -d "$labels/partial-$i" ] && [ ! -d "$dir/.part-$i.partial" ]; then
@@ -36,6 +43,7 @@ run)
     fi
     "$@"
     mkdir -p "$labels" && cp "$part" "$labels/" && rm -rf "$labels/partial-$i"
+    if [ -f "$times" ]; then cp "$times" "$kept_times"; fi
     ;;
 save)
     dir=$1
@@ -51,7 +59,7 @@ save)
     done
     ;;
 *)
-    echo "usage: labels.sh run LABELS PART -- COMMAND... | labels.sh save LABELS DIR" >&2
+    echo "usage: labels.sh run LABELS PART TIMES -- COMMAND... | labels.sh save LABELS DIR" >&2
     exit 2
     ;;
 esac

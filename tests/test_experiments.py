@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,10 +73,12 @@ def _labels(*args, cwd):
 
 
 def test_labels_keep_finished_shards_and_saved_progress(tmp_path):
-    """labels.sh: a finished shard is kept in LABELS and copied back instead of recomputed; an
-    unfinished shard's saved progress is put back before the command resumes it."""
+    """labels.sh: a finished shard is kept in LABELS, with its recorded seconds, and copied back
+    instead of recomputed; an unfinished shard's saved progress is put back before the command
+    resumes it."""
     labels, work = tmp_path / "labels", tmp_path / "work" / "greedy"
     part = work / "part-00001-of-00008.parquet"
+    times = tmp_path / "work" / "times" / "part-00001.json"
     # an interrupted run left progress; save it (the lock is the live process's, not saved)
     partial = work / ".part-00001.partial"
     partial.mkdir(parents=True)
@@ -85,21 +88,24 @@ def test_labels_keep_finished_shards_and_saved_progress(tmp_path):
     assert saved.returncode == 0 and "saved 1 finished chains of shard 00001" in saved.stdout
     assert sorted(p.name for p in (labels / "partial-00001").iterdir()) == ["chunk-000000.parquet"]
     # a fresh machine: the work directory is gone; the command must find the progress restored
-    import shutil
     shutil.rmtree(tmp_path / "work")
-    resume = (f"test -f {partial}/chunk-000000.parquet && mkdir -p {work} && "
-              f"echo labels > {part}")
-    ran = _labels("run", str(labels), str(part), "--", "bash", "-c", resume, cwd=tmp_path)
+    resume = (f"test -f {partial}/chunk-000000.parquet && mkdir -p {work} {times.parent} && "
+              f"echo labels > {part} && echo 99 > {times}")
+    ran = _labels("run", str(labels), str(part), str(times), "--", "bash", "-c", resume,
+                  cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
     assert (labels / part.name).read_text() == "labels\n"
+    assert (labels / "part-00001-of-00008.times.json").read_text() == "99\n"
     assert not (labels / "partial-00001").exists()
-    # the part is cached: a later run copies it and never runs the (here failing) command
-    part.unlink()
-    again = _labels("run", str(labels), str(part), "--", "false", cwd=tmp_path)
+    # the part is cached: a later run on a fresh machine copies it and its seconds, and never
+    # runs the (here failing) command
+    shutil.rmtree(tmp_path / "work")
+    again = _labels("run", str(labels), str(part), str(times), "--", "false", cwd=tmp_path)
     assert again.returncode == 0 and part.read_text() == "labels\n"
+    assert times.read_text() == "99\n"
     # a command that fails leaves nothing in LABELS
     other = work / "part-00002-of-00008.parquet"
-    failed = _labels("run", str(labels), str(other), "--", "false", cwd=tmp_path)
+    failed = _labels("run", str(labels), str(other), str(times), "--", "false", cwd=tmp_path)
     assert failed.returncode != 0 and not (labels / other.name).exists()
 
 
