@@ -118,11 +118,16 @@ def arm_record(work: Path, name: str, tokenizer) -> dict:
     n = len(graded)
     correct = sum(bool(r["correct"]) for r in graded)
     low, high = wilson_interval(correct, n)
-    metrics = [json.loads(line) for line in
-               (work / "students" / student / "metrics.jsonl").read_text().splitlines() if line]
-    distilled = json.loads((work / "students" / student / "distill.json").read_text())
-    rows = training_rows(work, student)
     method, keep = student_source(student)
+    trained = (work / "students" / student / "distill.json").exists()
+    # an eval file saved by an earlier sitting whose student and training chains went with
+    # its machine: the answers still give the accuracy; the training columns stay empty
+    metrics = [json.loads(line) for line in
+               (work / "students" / student / "metrics.jsonl").read_text().splitlines()
+               if line] if trained else []
+    distilled = json.loads((work / "students" / student / "distill.json").read_text()) \
+        if trained else {}
+    rows = training_rows(work, student) if trained else []
     times = work / "times"
     data_stage = {"full": "train.parquet", "nocot": "pruned_nocot.parquet"}.get(
         method, f"pruned_{method}.parquet")
@@ -132,8 +137,8 @@ def arm_record(work: Path, name: str, tokenizer) -> dict:
         "arm": name, "method": "tokenskip" if student.startswith("tokenskip") else method,
         "keep": eval_keep if eval_keep is not None else keep,
         "train_chains": distilled.get("examples"),
-        "tokens_trained": sum(m["tokens"] for m in metrics),
-        "target_tokens_trained": sum(m["target_tokens"] for m in metrics),
+        "tokens_trained": sum(m["tokens"] for m in metrics) if trained else None,
+        "target_tokens_trained": sum(m["target_tokens"] for m in metrics) if trained else None,
         "final_loss": metrics[-1]["loss"] if metrics else None,
         "n_test": n, "correct": correct,
         "accuracy": round(correct / n, 4) if n else None,
@@ -150,6 +155,8 @@ def arm_record(work: Path, name: str, tokenizer) -> dict:
                     "distill": seconds(times, f"students_{student}_adapter_model.safetensors"),
                     "eval": seconds(times, f"evals_{name}.parquet")},
         "commit": current_commit(),
+        **({} if trained else {"note": "student and training chains lost with an earlier "
+                                       "machine; accuracy from its saved eval file"}),
     }
 
 
@@ -237,10 +244,14 @@ def markdown(records: list[dict], validation: list[dict]) -> str:
     lines = ["| arm | keep | train chains | tokens trained | mean J (train) | accuracy "
              "[95% CI] | mean generated tokens | truncated |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    def cell(value):  # an eval-only record has no training figures
+        return "n/a" if value is None else value
+
     for r in records:
         lo, hi = r["interval95"]
-        lines.append(f"| {r['arm']} | {r['keep']} | {r['train_chains']} | {r['tokens_trained']} "
-                     f"| {r['train_mean_J']} | {r['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | "
+        lines.append(f"| {r['arm']} | {r['keep']} | {cell(r['train_chains'])} | "
+                     f"{cell(r['tokens_trained'])} | {cell(r['train_mean_J'])} | "
+                     f"{r['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | "
                      f"{r['mean_generated_tokens']} | {r['truncated']:.3f} |")
     lines += ["", "| greedy validation: keep | chains | J exact | J fast | gap % |",
               "| --- | --- | --- | --- | --- |"]

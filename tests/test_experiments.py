@@ -119,3 +119,25 @@ def test_collect_merges_records_and_reads_subset_names():
     new = [{"arm": "nocot", "v": 2}, {"arm": "greedy-0.5", "v": 2}]
     assert collect.merge_records(old, new) == [{"arm": "full", "v": 1}, {"arm": "nocot", "v": 2},
                                                {"arm": "greedy-0.5", "v": 2}]
+
+
+def test_collect_reports_an_eval_whose_student_was_lost(tmp_path):
+    """An eval file kept from a machine that took its student with it still gives a record:
+    accuracy and interval from the answers, no training figures, and a note that says why."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    collect = _collect()
+    (tmp_path / "evals").mkdir()
+    pq.write_table(pa.table({"correct": [True, False, True, True],
+                             "generated_tokens": [10, 20, 30, 40],
+                             "truncated": [False, False, False, True]}),
+                   tmp_path / "evals" / "predicted-0.5.parquet")
+    record = collect.arm_record(tmp_path, "predicted-0.5", tokenizer=None)
+    assert (record["correct"], record["accuracy"], record["truncated"]) == (3, 0.75, 0.25)
+    assert record["mean_generated_tokens"] == 25.0
+    low, high = collect.wilson_interval(3, 4)
+    assert record["interval95"] == [round(low, 4), round(high, 4)]
+    assert record["tokens_trained"] is None and record["train_mean_J"] is None
+    assert "lost" in record["note"]
+    assert "| predicted-0.5 | 0.5 | n/a | n/a | n/a | 0.750" in collect.markdown([record], [])
