@@ -35,7 +35,7 @@ def run_side(model, layouts, steps: int) -> tuple[float, int, list[list[int]]]:
         traj = greedy_prune(scorer, x.input_ids[:x.cot_start], x.cot_ids,
                             x.input_ids[x.answer_start:], steps)
         orders.append(traj.order)
-    return time.process_time() - start, scorer.tokens_run, orders
+    return time.process_time() - start, scorer.work.tokens_run, orders
 
 
 def main() -> None:

@@ -146,7 +146,7 @@ def main() -> None:
             traj, s = timed(greedy_prune, scorer, prompt, cot, answer, deletions, opts=opts)
             orders[name] = traj.order
             totals[name] += s
-            tokens[name] += scorer.tokens_run
+            tokens[name] += scorer.work.tokens_run
         for name, order in orders.items():
             j_at_keep[name].append(final_j(order))
         if "published" in orders:

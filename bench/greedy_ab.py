@@ -6,8 +6,8 @@
 Runs exact greedy (`--steps` deletions) on the first GSM8K chain whose CoT length is in the
 window, once per value and round (A B A B ...), and prints process CPU seconds per value and
 whether every run deleted the same tokens (the constants tune speed, never choices). The
-constant is a module attribute of `cotprune.core.deletion`; values are Python literals or
-expressions such as 10**6.
+constant is a module attribute of `cotprune.core.deletion` or `cotprune.core.branch_and_bound`;
+values are Python literals or expressions such as 10**6.
 """
 
 from __future__ import annotations
@@ -30,13 +30,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
 
+    import cotprune.core.branch_and_bound as branch_and_bound
     import cotprune.core.deletion as deletion
     from cotprune.core.models import ModelOptions, load_model
     from cotprune.data.layout import ChainLayout
     from cotprune.pruning.greedy import greedy_prune
 
-    if not hasattr(deletion, args.constant):
-        raise SystemExit(f"cotprune.core.deletion has no {args.constant}")
+    # the module that reads it: deletion only re-exports branch_and_bound.CHECKPOINTS
+    owner = next((m for m in (branch_and_bound, deletion) if hasattr(m, args.constant)), None)
+    if owner is None:
+        raise SystemExit(f"neither cotprune.core.deletion nor .branch_and_bound has "
+                         f"{args.constant}")
     model, tok = load_model(ModelOptions(device="cpu"))
     found = gsm8k_layouts(ChainLayout(tok), args.min_cot, args.max_cot, 1)
     if not found:
@@ -48,7 +52,7 @@ def main() -> None:
     orders = set()
     for _ in range(args.rounds):
         for value in args.values:
-            setattr(deletion, args.constant, eval(value, {}))  # a bench's own argument
+            setattr(owner, args.constant, eval(value, {}))  # a bench's own argument
             scorer = deletion.DeletionScorer(model, "reason-answer", 4096)
             start = time.process_time()
             traj = greedy_prune(scorer, prompt, cot, answer, args.steps)

@@ -4,6 +4,7 @@ from greedy_reference import full_objective, reference_greedy
 import cotprune.core.deletion as deletion
 from cotprune.core.deletion import ChainState, DeletionScorer
 from cotprune.core.models import ModelOptions, load_model
+from cotprune.core.rows import kv_bytes
 from cotprune.data.layout import ChainLayout
 from cotprune.pruning.greedy import GreedyOptions, greedy_prune, kept_positions
 
@@ -123,14 +124,14 @@ def test_next_step_continues_kept_rows_and_agrees_with_a_fresh_scorer(tiny, obje
     scorer.candidate_objectives(state)
     d = 9
     after = ChainState(state.prompt, state.cot[:d] + state.cot[d + 1:], state.answer)
-    before = scorer.tokens_run
+    before = scorer.work.tokens_run
     base_j, js = scorer.candidate_objectives(after)
     fresh_scorer = DeletionScorer(model, objective, 96)
     fresh_j, fresh = fresh_scorer.candidate_objectives(after)
     assert base_j == pytest.approx(fresh_j, abs=1e-4)
     assert js == pytest.approx(fresh, abs=1e-4)
     # no row of the chain itself, and candidates before d start after d
-    assert scorer.tokens_run - before < fresh_scorer.tokens_run - len(after.ids)
+    assert scorer.work.tokens_run - before < fresh_scorer.work.tokens_run - len(after.ids)
 
 
 @pytest.mark.parametrize("best_of", [None, 2])
@@ -149,9 +150,9 @@ def test_step_after_several_deletions_continues_rows_before_the_first(tiny, monk
             monkeypatch.setattr(deletion, "first_difference", lambda *_: None)
         scorer = DeletionScorer(model, "reason-answer", 96)
         scorer.candidate_objectives(state, best_of=best_of)
-        before = scorer.tokens_run
+        before = scorer.work.tokens_run
         base_j, js = scorer.candidate_objectives(after)
-        return base_j, js, scorer.tokens_run - before
+        return base_j, js, scorer.work.tokens_run - before
 
     base_j, js, ran = next_step(reuse=True)
     fresh_j, fresh = DeletionScorer(model, "reason-answer", 96).candidate_objectives(after)
@@ -178,8 +179,8 @@ def test_rows_bounded_in_a_best_of_step_are_exact_in_a_plain_next_step(tiny, mon
     scorer = DeletionScorer(model, "reason-answer", 96, checkpoints=(6, 3))
     scorer.candidate_objectives(state, best_of=1)
     d = len(state.cot) - 2  # rows k < d go on from p + d - 1, with their bounds before it
-    assert any(row.bounded.before(len(state.prompt) + d - 1) for k, row in scorer._rows.items()
-               if k < d and row.bounded is not None)
+    assert any(row.bounded.before(len(state.prompt) + d - 1)
+               for k, row in scorer.session.rows.items() if k < d and row.bounded is not None)
     after = ChainState(state.prompt, state.cot[:d] + state.cot[d + 1:], state.answer)
     _, js = scorer.candidate_objectives(after)
     _, fresh = DeletionScorer(model, "reason-answer", 96).candidate_objectives(after)
@@ -198,8 +199,8 @@ def test_rows_past_the_kv_budget_are_recomputed_and_agree(tiny, monkeypatch):
         monkeypatch.setattr(deletion, "KEEP_KV_BYTES", budget)
         scorer = DeletionScorer(model, "reason-answer", 96)
         scorer.candidate_objectives(state)
-        before = scorer.tokens_run
-        counts[budget] = (scorer.candidate_objectives(after), scorer.tokens_run - before)
+        before = scorer.work.tokens_run
+        counts[budget] = (scorer.candidate_objectives(after), scorer.work.tokens_run - before)
     (j0, js0), ran0 = counts[0]
     (j1, js1), ran1 = counts[10**12]
     assert j0 == pytest.approx(j1, abs=1e-4) and js0 == pytest.approx(js1, abs=1e-4)
@@ -294,8 +295,9 @@ def test_best_of_drops_rows_that_cannot_win_on_the_default_model(default_model, 
     bounded = DeletionScorer(model, "reason-answer", 4096, checkpoints=(8,))
     _, js = bounded.candidate_objectives(state, best_of=m)
     assert _check_best_of(full, js, m)  # some rows were dropped ...
-    assert bounded.tokens_run < plain.tokens_run  # ... and their tails never ran ...
-    assert any(row.bounded is not None for row in bounded._rows.values())  # ... nor projected
+    assert bounded.work.tokens_run < plain.work.tokens_run  # ... and their tails never ran ...
+    # ... nor projected
+    assert any(row.bounded is not None for row in bounded.session.rows.values())
 
 
 @pytest.mark.slow
@@ -332,6 +334,6 @@ def test_kept_rows_hold_no_storage_beyond_their_own_kv(tiny):
     scorer.candidate_objectives(ChainState(state.prompt, state.cot[:d] + state.cot[d + 1:],
                                            state.answer), best_of=1)
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-                for row in scorer._rows.values() if row.kv for pair in row.kv for t in pair}
-    own = sum(deletion._kv_bytes(row) for row in scorer._rows.values())
+                for row in scorer.session.rows.values() if row.kv for pair in row.kv for t in pair}
+    own = sum(kv_bytes(row) for row in scorer.session.rows.values())
     assert own > 0 and sum(storages.values()) == own

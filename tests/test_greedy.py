@@ -76,7 +76,7 @@ def test_prior_shortlist_deletes_the_best_of_the_prior_picks(tiny_chain):
         del positions[best]
     exact_scorer = DeletionScorer(model, "reason-answer", 96)
     greedy_prune(exact_scorer, prompt, cot, answer, deletions)
-    assert scorer.tokens_run < exact_scorer.tokens_run
+    assert scorer.work.tokens_run < exact_scorer.work.tokens_run
 
 
 def test_prior_needs_a_shortlist(tiny_chain):

@@ -1,4 +1,4 @@
-"""Lower bounds on a row's NLL, for branch and bound in `deletion.py`.
+"""Lower bounds on a row's NLL, for branch and bound (`branch_and_bound.py`, `runner.py`).
 
 Greedy needs the exact J of the few candidates that may win a step, and only a lower bound for
 the rest. -log p(target) = logsumexp(logits) - logit(target), and a log-sum-exp over part of the

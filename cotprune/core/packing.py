@@ -1,4 +1,4 @@
-"""How many candidate rows share one forward (the layout parts of `deletion.py`).
+"""How many candidate rows share one forward (the layout parts of `runner.py`).
 
 - `lanes` spreads blocks of tokens over balanced lanes (the rows of a forward).
 - `lay_out` places the blocks of each lane one after another, with their true positions, and

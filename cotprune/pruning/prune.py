@@ -382,8 +382,8 @@ class PredictorPrior:
 
         current = join_segments(self.prompt, cot, self.answer)
         features = chain_features(self.ctx.model, self.ctx.tokenizer, [current])
-        scorer = self.ctx.scorer
-        scorer.tokens_run += len(current.input_ids)
-        scorer.forwards += 1
-        scorer.projection_rows += len(cot)
+        work = self.ctx.scorer.work
+        work.tokens_run += len(current.input_ids)
+        work.forwards += 1
+        work.projection_rows += len(cot)
         return self.ctx.predictor.scores(features)[0]
