@@ -60,6 +60,9 @@ def run_forked(args: list, fault: str | None = None, timeout: float = 300) -> Ru
             if fault:
                 os.environ[faults.ENV] = fault
             faults.reset()
+            # a shell starts background jobs with SIGINT ignored, and Python keeps that: give the
+            # child the handler a command started at a terminal has, so Ctrl-C tests test it
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             import torch
 
             torch.set_num_threads(1)  # OpenMP's thread pool does not survive a fork
