@@ -15,11 +15,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _collect():
-    spec = importlib.util.spec_from_file_location("collect", ROOT / "experiments" / "collect.py")
+def _script(name: str):
+    """One of experiments/*.py, imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _collect():
+    return _script("collect")
 
 
 @pytest.mark.parametrize("k, n, low, high", [(0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634),
@@ -61,6 +66,8 @@ def test_smoke_run_end_to_end_and_cached(tmp_path):
     assert arms["nocot"]["train_mean_cot_tokens"] == 0
     assert [v["keep"] for v in record["greedy_validation"]] == [0.5, 0.7]
     assert (results / "smoke-report" / "index.html").exists()
+    errors = (results / "smoke-errors.txt").read_text().splitlines()
+    assert len(errors) == len(arms) and all(" wrong of 8; operand " in e for e in errors)
     second = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert second.returncode == 0
     assert " prune " not in second.stdout and " distill " not in second.stdout
@@ -141,3 +148,14 @@ def test_collect_reports_an_eval_whose_student_was_lost(tmp_path):
     assert record["tokens_trained"] is None and record["train_mean_J"] is None
     assert "lost" in record["note"]
     assert "| predicted-0.5 | 0.5 | n/a | n/a | n/a | 0.750" in collect.markdown([record], [])
+
+
+def test_error_kinds_of_wrong_arithmetic_answers():
+    """errors.py: a lost amount is 'operand', a false equation 'slip', the rest 'other'."""
+    errors = _script("errors")
+    question = ("Leo has 3 pencils. Then Leo finds 8 more pencils. Then Leo gives away 1 "
+                "pencils. How many pencils does Leo have now?")
+    assert errors.error_kind(question, "3 +8 =11 Check: 11 -8 =3\n11 -1 =9") == "slip"
+    assert errors.error_kind(question, "3 +8 =11\n11 -2 =9") == "operand"
+    assert errors.error_kind(question, "Hmm. 3 +. Check: 8 -81") == "operand"
+    assert errors.error_kind(question, "3 + 8 = 11\n11 + 1 = 12") == "other"
