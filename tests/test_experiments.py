@@ -64,6 +64,9 @@ def test_smoke_run_end_to_end_and_cached(tmp_path):
     assert len({arms[m]["train_mean_cot_tokens"] for m in
                 ("greedy-0.5", "surprisal-0.5", "random-0.5", "predicted-0.5")}) == 1
     assert arms["nocot"]["train_mean_cot_tokens"] == 0
+    # TokenSkip trains on a row per keep ratio of the same 8 chains
+    assert (arms["tokenskip@0.5"]["train_chains"], arms["tokenskip@0.5"]["train_rows"]) == (8, 16)
+    assert (arms["greedy-0.5"]["train_chains"], arms["greedy-0.5"]["train_rows"]) == (8, 8)
     assert [v["keep"] for v in record["greedy_validation"]] == [0.5, 0.7]
     assert (results / "smoke-report" / "index.html").exists()
     errors = (results / "smoke-errors.txt").read_text().splitlines()
@@ -147,7 +150,11 @@ def test_collect_reports_an_eval_whose_student_was_lost(tmp_path):
     assert record["interval95"] == [round(low, 4), round(high, 4)]
     assert record["tokens_trained"] is None and record["train_mean_J"] is None
     assert "lost" in record["note"]
-    assert "| predicted-0.5 | 0.5 | n/a | n/a | n/a | 0.750" in collect.markdown([record], [])
+    table = collect.markdown([record], [])
+    assert "| predicted-0.5 | 0.5 | n/a | n/a | n/a | 0.750" in table
+    assert "greedy validation" not in table  # no check of the label mode in this run
+    validation = [{"keep": 0.5, "chains": 2, "J_exact": 10.0, "J_fast": 10.2, "gap_percent": 2.0}]
+    assert "| 0.5 | 2 | 10.0 | 10.2 | 2.0 |" in collect.markdown([record], validation)
 
 
 def test_error_kinds_of_wrong_arithmetic_answers():
