@@ -8,7 +8,9 @@
 #       keep the finished part in LABELS. TIMES travels with the part, so that the results
 #       report the labels' cost on a machine that only copied them.
 #   labels.sh save LABELS DIR   copy the progress of DIR's unfinished shards into LABELS (the
-#       chunks of finished chains and the current chain's checkpoint), to commit.
+#       chunks of finished chains and the current chain's checkpoint), to commit. A running
+#       shard has no TIMES yet, so a shard finished on a later machine reports only the
+#       seconds of the sitting that finished it.
 #
 # A shard's progress lives in DIR/.part-IIIII.partial while it runs, LABELS/partial-IIIII when
 # saved. LABELS is only valid for the sets and options that made it: delete it to recompute.
