@@ -1,3 +1,5 @@
+import time
+
 import pyarrow as pa
 import pytest
 
@@ -81,6 +83,21 @@ def test_fingerprint_follows_content_not_path(tmp_path):
     write_table(table.set_column(1, "x", pa.array([2], pa.int32())), tmp_path / "three.parquet")
     assert fingerprint(tmp_path / "one.parquet") == fingerprint(tmp_path / "two.parquet")
     assert fingerprint(tmp_path / "one.parquet") != fingerprint(tmp_path / "three.parquet")
+
+
+def test_fingerprint_ignores_the_manifest_of_the_run_that_wrote_the_file(tmp_path):
+    # a stage re-run on a fresh machine writes the same rows with another time and command
+    # line in its metadata; --resume of a run over that input must still match (issue 15)
+    from cotprune.data.files import fingerprint
+
+    table = pa.Table.from_pylist([{"id": "a", "x": 1}, {"id": "b", "x": 2}], schema=SCHEMA)
+    write_table(table, tmp_path / "first.parquet", make_manifest("synth", seed=1))
+    time.sleep(1.1)
+    write_table(table, tmp_path / "again.parquet", make_manifest("synth", seed=1, note="x"))
+    assert (tmp_path / "first.parquet").read_bytes() != (tmp_path / "again.parquet").read_bytes()
+    assert fingerprint(tmp_path / "first.parquet") == fingerprint(tmp_path / "again.parquet")
+    write_table(table.slice(0, 1), tmp_path / "fewer.parquet", make_manifest("synth", seed=1))
+    assert fingerprint(tmp_path / "first.parquet") != fingerprint(tmp_path / "fewer.parquet")
 
 
 def test_manifest_contents(tmp_path):

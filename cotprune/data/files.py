@@ -85,13 +85,32 @@ def make_manifest(command: str, **fields: object) -> dict:
 
 
 def fingerprint(path: str | Path) -> str:
-    """A content fingerprint of a stage file or part directory: sha256 over its Parquet bytes."""
+    """A content fingerprint of a stage file or part directory: sha256 over its rows.
+
+    Parquet files are hashed by schema and data, not by bytes: their metadata holds the manifest
+    of the run that wrote them (its time and command line), so a stage re-run on another machine
+    writes the same rows in different bytes, and `--resume` must still accept them. Other files
+    (a predictor's safetensors) are hashed by bytes.
+    """
     digest = hashlib.sha256()
     for f in list_parquet_files(path):
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        if f.suffix != ".parquet":
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            continue
+        table = _read_rows(f)
+        digest.update(table.schema.remove_metadata().to_string().encode())
+        for batch in table.combine_chunks().to_batches():
+            digest.update(batch.serialize())
     return digest.hexdigest()
+
+
+def _read_rows(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path).replace_schema_metadata(None)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"not a readable Parquet file ({e})", file=str(path)) from None
 
 
 def input_record(path: str | Path) -> dict:
