@@ -94,11 +94,12 @@ def fingerprint(path: str | Path) -> str:
     """
     digest = hashlib.sha256()
     for f in list_parquet_files(path):
-        if f.suffix != ".parquet":
-            with open(f, "rb") as fh:
+        with open(f, "rb") as fh:
+            if fh.read(4) != b"PAR1":
+                fh.seek(0)
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(block)
-            continue
+                continue
         table = _read_rows(f)
         digest.update(table.schema.remove_metadata().to_string().encode())
         for batch in table.combine_chunks().to_batches():
