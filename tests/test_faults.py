@@ -201,10 +201,9 @@ def test_greedy_killed_mid_chain_resumes_to_identical_orders(mode, tmp_path, sho
     _, taken = kill_chain([*args, "-o", out], out,
                           [("state", 1, 6), ("chunk", 1, 1), ("write", 2, 8)], seed=2)
     got, want = rows_of(out), rows_of(tmp_path / "whole.parquet")
-    if not mode:  # exact greedy recomputes every J each step: identical to the bit
-        assert got == want, taken
-    # Lazy greedy reuses J from the KV cache of earlier steps, which a resumed process no longer
-    # holds: it recomputes them, equal up to float rounding. The deletions must be identical.
+    # Every mode carries rows (KV caches, lazy J) from one step to the next, which a resumed
+    # process no longer holds: it recomputes them with other batch shapes, equal up to float
+    # rounding (CI once saw 139.85820 against 139.85818). The deletions must be identical.
     floats = ("objective_nll", "objective_trace")
     assert [{k: v for k, v in r.items() if k not in floats} for r in got] == \
         [{k: v for k, v in r.items() if k not in floats} for r in want], taken
