@@ -1,7 +1,9 @@
 import time
 
 import pytest
+import torch
 
+from cotprune.core import models
 from cotprune.core.models import ModelOptions, load_model, load_tokenizer, resolve_model_path
 from cotprune.errors import InputError
 
@@ -11,6 +13,28 @@ def test_option_validation_names_the_flag():
         ModelOptions(dtype="float8")
     with pytest.raises(InputError, match="--device"):
         ModelOptions(device="tpu")
+
+
+@pytest.mark.parametrize("native", [False, True])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_on_a_cpu_without_it_warns(monkeypatch, caplog, dtype, native):
+    monkeypatch.setattr(models, "cpu_computes", lambda name: native)
+    assert models.resolve_dtype(dtype, torch.device("cpu")) is getattr(torch, dtype)
+    assert ("no native " + dtype in caplog.text) is not native
+    assert ("--dtype float32" in caplog.text) is not native
+
+
+def test_float32_and_auto_on_the_cpu_never_warn(monkeypatch, caplog):
+    monkeypatch.setattr(models, "cpu_computes", lambda name: False)
+    assert models.resolve_dtype("float32", torch.device("cpu")) is torch.float32
+    assert models.resolve_dtype("auto", torch.device("cpu")) is torch.float32
+    assert caplog.text == ""
+
+
+def test_cpu_check_assumes_native_where_torch_cannot_tell(monkeypatch):
+    assert isinstance(models.cpu_computes("bfloat16"), bool)
+    monkeypatch.setattr(torch.ops, "mkldnn", object())
+    assert models.cpu_computes("bfloat16") is True and models.cpu_computes("float16") is True
 
 
 @pytest.mark.parametrize("name", ["./missing-model", "/no/such/dir", "a/b/c"])
