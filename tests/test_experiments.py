@@ -40,6 +40,22 @@ def test_token_kinds():
         ["digit", "operator", "operator", "operator", "word", "punct/space", "punct/space"]
 
 
+@pytest.mark.parametrize("seed, run", [("0", "arith"), ("1", "arith-seed1")])
+def test_a_second_seed_gets_its_own_work_directory_and_results(seed, run, tmp_path):
+    """Seed 1's students and results sit beside seed 0's; both share the greedy labels."""
+    (tmp_path / "experiments").mkdir()  # a copy: the real work directories would show as made
+    shutil.copy(ROOT / "experiments" / "Makefile", tmp_path / "experiments")
+    dry = subprocess.run(["make", "-n", "-C", str(tmp_path / "experiments"), "results",
+                          "NAME=arith", f"SEED={seed}", "STUDENTS=greedy-0.5-n64", "VALIDATION="],
+                         capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    assert f"distill work/{run}/pruned/greedy -o work/{run}/students/greedy-0.5-n64" in dry.stdout
+    assert f"--seed {seed} " in dry.stdout
+    assert f"labels.sh run results/labels/arith work/{run}/pruned/greedy/" in dry.stdout
+    assert f"--out results/{run}.json" in dry.stdout
+    assert f"cp work/{run}/evals/greedy-0.5-n64.parquet results/evals/{run}/" in dry.stdout
+
+
 @pytest.mark.slow
 def test_smoke_run_end_to_end_and_cached(tmp_path):
     """`make -C experiments smoke` runs every stage on a tiny model and writes the results; run
