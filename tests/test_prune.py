@@ -226,3 +226,24 @@ def test_static_summary_has_no_scorer_counts(short_chains, tmp_path, tiny_gpt2_m
     summary, _ = prune(short_chains, tmp_path / "s.parquet", tiny_gpt2_model,
                        "--method", "surprisal", "--keep", "0.5")
     assert summary["tokens_run"] is None and "published_tokens" not in summary
+
+
+@pytest.mark.parametrize("mode", [[], ["--shortlist", "2"], ["--per-step", "2"]],
+                         ids=["exact", "shortlist", "per-step"])
+def test_lockstep_prunes_as_one_chain_at_a_time_in_fewer_forwards(short_chains, tmp_path,
+                                                                  tiny_gpt2_model, mode):
+    """--lockstep runs the chains side by side: the same deletions, J equal up to float
+    rounding (other batch shapes), in fewer forwards."""
+    args = ["--keep", "0.7,0.3", *mode]
+    alone, want = prune(short_chains, tmp_path / "alone.parquet", tiny_gpt2_model, *args)
+    side, got = prune(short_chains, tmp_path / "side.parquet", tiny_gpt2_model, *args,
+                      "--lockstep", "3")
+    floats = ("objective_nll", "objective_trace")
+    assert [{k: v for k, v in r.items() if k not in floats} for r in got] == \
+        [{k: v for k, v in r.items() if k not in floats} for r in want]
+    for g, w in zip(got, want, strict=True):
+        assert g["objective_nll"] == pytest.approx(w["objective_nll"], rel=1e-5)
+        assert g["objective_trace"] == pytest.approx(w["objective_trace"], rel=1e-5)
+    assert side["forwards"] < alone["forwards"]
+    assert side["projection_rows"] == alone["projection_rows"]
+    assert side["published_tokens"] == alone["published_tokens"]

@@ -2,11 +2,12 @@
 scores what a full forward of that candidate scores, and the work counters add up."""
 
 import pytest
+import torch
 from greedy_reference import full_objective
 
-from cotprune.core.models import ModelOptions, load_model
+from cotprune.core.models import ModelOptions, load_model, load_tokenizer
 from cotprune.core.rows import ChainState, candidate_task, chain_task, resumed_task
-from cotprune.core.runner import KvBudget, RowRunner, WorkCounts
+from cotprune.core.runner import KvBudget, PackRequest, RowRunner, WorkCounts
 from cotprune.data.layout import ChainLayout
 
 
@@ -42,6 +43,47 @@ def test_chain_and_packed_candidates_equal_full_forwards(setup):
     for k, row in zip(keys[::2] + keys[1::2], rows, strict=True):
         assert row.finished and row.bounded is None and row.kv is not None
         assert _j(row, p) == pytest.approx(full_objective(model, row.ids, p), abs=1e-4), k
+
+
+@pytest.fixture(scope="module")
+def other_state(tiny_gpt2_model):
+    """A second chain, with a longer prompt and another CoT length."""
+    cl = ChainLayout(load_tokenizer(str(tiny_gpt2_model), False))
+    return ChainState(cl.prompt_ids("And what is 12 minus 5, please?"),
+                      cl.cot_ids("Take 5 from 12, which is 7."), cl.answer_ids("7"))
+
+
+def test_packs_of_two_chains_in_one_forward_equal_full_forwards(setup, other_state):
+    """Lockstep: chains of different prompt and CoT lengths share one forward, each lane on
+    its own chain's past (padded), and still score what their full forwards score; cut rows
+    keep their own past and hold bounds."""
+    model, state = setup
+    work = WorkCounts()
+    runner = RowRunner(model, work)
+    budget = KvBudget(10**12)
+    requests, expected = [], []
+    for s, cut in ((state, None), (other_state, 3)):
+        chain, vocab = runner.run_chain(chain_task(s, "reason-answer", runner.prompt_kv(
+            s.prompt), runner.device), budget, 32)
+        end = len(s.ids) - 1 if cut is None else len(s.ids) - cut
+        tasks = [candidate_task(s, "reason-answer", chain, k, end) for k in range(len(s.cot))]
+        requests.append(PackRequest([tasks[::2], tasks[1::2]], budget, vocab))
+        expected.append((s, cut, runner.run_packed(requests[-1].lanes, budget, vocab)))
+    before = work.forwards
+    merged = runner.run_packs(requests)
+    assert work.forwards == before + 1
+    for rows, (s, cut, alone) in zip(merged, expected, strict=True):
+        p = len(s.prompt)
+        for row, ref in zip(rows, alone, strict=True):
+            assert row.ids == ref.ids and row.scored_to == ref.scored_to
+            assert row.nll.tolist() == pytest.approx(ref.nll.tolist(), abs=1e-4)
+            assert (row.bounded is None) == (cut is None) and row.kv is not None
+            if cut is None:
+                assert _j(row, p) == pytest.approx(full_objective(model, row.ids, p), abs=1e-4)
+            for (key, val), (ref_key, ref_val) in zip(row.kv, ref.kv, strict=True):
+                assert key.shape == ref_key.shape
+                assert torch.allclose(key, ref_key, atol=1e-5)
+                assert torch.allclose(val, ref_val, atol=1e-5)
 
 
 def test_a_cut_row_holds_bounds_until_it_runs_on_and_is_resolved(setup):

@@ -47,6 +47,9 @@ def prune_cmd(
         "--shortlist M: its learned prior picks the M candidates each step scores.")] = None,
     repredict_every: Annotated[Optional[int], typer.Option(
         "--repredict-every", help="predicted: re-predict after every K deletions.")] = None,
+    lockstep: Annotated[int, typer.Option(
+        "--lockstep", help="greedy: prune N chains side by side, their candidates in shared "
+                           "forwards (fewer forwards; J equal up to float rounding).")] = 1,
     batch_tokens: o.BatchTokens = 4096,
     config: o.Config = None,
 ) -> None:
@@ -60,5 +63,6 @@ def prune_cmd(
         greedy=GreedyOptions(per_step=per_step, shortlist=shortlist,
                              refresh_every=refresh_every),
         protect=protect, max_cot_tokens=max_cot_tokens, seed=run.seed, batch_tokens=batch_tokens,
-        predictor=str(predictor) if predictor else None, repredict_every=repredict_every)
+        predictor=str(predictor) if predictor else None, repredict_every=repredict_every,
+        lockstep=lockstep)
     emit_summary(run_prune(chains, output, model_opts, opts, run))

@@ -245,13 +245,13 @@ class DeletionScorer:
     per chain, one runner and one set of work counters for all of them."""
 
     def __init__(self, model, objective: str, batch_tokens: int,
-                 checkpoints: Sequence[int] = CHECKPOINTS):
+                 checkpoints: Sequence[int] = CHECKPOINTS, runner: RowRunner | None = None):
         self.model = model
         self.objective = objective
         self.batch_tokens = batch_tokens
         self.checkpoints = tuple(checkpoints)
-        self.work = WorkCounts()
-        self.runner = RowRunner(model, self.work)
+        self.runner = runner or RowRunner(model, WorkCounts())
+        self.work = self.runner.work
         self.session: ChainSession | None = None
         self._prompt_key: tuple | None = None
         self._prompt_kv: KV | None = None
@@ -262,6 +262,12 @@ class DeletionScorer:
             self._prompt_kv = self.runner.prompt_kv(prompt)
             self._prompt_key = tuple(prompt)
         return self._prompt_kv
+
+    def with_runner(self, runner) -> DeletionScorer:
+        """A scorer like this one, with sessions of its own, on `runner` (a lockstep view of
+        this scorer's runner: `lockstep.py`)."""
+        return DeletionScorer(self.model, self.objective, self.batch_tokens, self.checkpoints,
+                              runner)
 
     def session_for(self, state: ChainState) -> ChainSession:
         """The session of `state`'s chain: the current one, or a new one for another chain."""

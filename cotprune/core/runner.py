@@ -55,6 +55,16 @@ class KvBudget:
         return keep
 
 
+@dataclass
+class PackRequest:
+    """One chain's candidates for a packed forward: lanes of tasks on the chain's shared KV,
+    the budget their rows' KV is charged to, and the chain's bound vocabulary."""
+
+    lanes: list[list[RowTask]]
+    budget: KvBudget
+    vocab: torch.Tensor | None
+
+
 class RowRunner:
     """Forwards and projections of row tasks for one causal LM (no gradients)."""
 
@@ -68,6 +78,11 @@ class RowRunner:
         self.device = next(model.parameters()).device
         # only a plain linear head's weight gives the logits of part of the vocabulary
         self.can_bound = type(self.head) is torch.nn.Linear
+
+    def call(self, fn):
+        """Other model work (a predictor's feature forward): run here, so that a lockstep view
+        of this runner (`lockstep.py`) can run it in its main thread instead."""
+        return fn()
 
     def forward(self, ids: torch.Tensor, past: KV | None, positions: torch.Tensor,
                 mask: torch.Tensor | None = None):
@@ -142,36 +157,51 @@ class RowRunner:
                           task.end, bounded[r])
                 for r, task in enumerate(tasks)]
 
-    @torch.no_grad()
     def run_packed(self, lanes_of_tasks: list[list[RowTask]], budget: KvBudget,
                    vocab: torch.Tensor | None) -> list[ScoredRow]:
         """Candidates on their shared past (the chain's KV), as blocks of one forward: one
         after another in each lane (a row of the forward), each at its true positions."""
-        tasks = [task for lane in lanes_of_tasks for task in lane]
+        return self.run_packs([PackRequest(lanes_of_tasks, budget, vocab)])[0]
+
+    @torch.no_grad()
+    def run_packs(self, requests: list[PackRequest]) -> list[list[ScoredRow]]:
+        """The packs of several chains (each on its own shared past) in one forward.
+
+        Every lane keeps its chain's past, padded to the longest: a block sees only the past
+        before its own start, so the padding is seen by nothing and each block's outputs equal
+        a forward of that candidate alone (up to float rounding)."""
+        tasks = [task for req in requests for lane in req.lanes for task in lane]
         starts = [task.start - 1 for task in tasks]  # where each block's input begins
         sizes = [task.end - task.start for task in tasks]
         past_len = max(starts)
-        shared = tasks[0].past
+        lane_sizes = [len(lane) for req in requests for lane in req.lanes]
         block_lanes = [list(range(a, b)) for a, b in itertools.pairwise(
-            itertools.accumulate(map(len, lanes_of_tasks), initial=0))]
+            itertools.accumulate(lane_sizes, initial=0))]
+        shared = requests[0].lanes[0][0].past
         pack = lay_out(block_lanes, [task.ids[task.start - 1:task.end - 1] for task in tasks],
                        starts, past_len, shared[0][0].dtype)
-        n_lanes = len(lanes_of_tasks)
-        past = [(key[:, :, :past_len].expand(n_lanes, -1, -1, -1),
-                 val[:, :, :past_len].expand(n_lanes, -1, -1, -1)) for key, val in shared]
+        past = lanes_past([(req.lanes[0][0].past, len(req.lanes)) for req in requests], past_len)
         hidden, cache = self.forward(pack.tokens.to(self.device), past,
                                      pack.positions.to(self.device), pack.mask.to(self.device))
-        blocks = [hidden[lane, off:off + size] for (lane, off), size in zip(pack.place, sizes)]
-        nll, bounded = self.score(tasks, blocks, vocab)
         position_bytes = sum(layer.keys[0, :, 0].nbytes + layer.values[0, :, 0].nbytes
                              for layer in cache.layers)
-        rows = []
-        for r, (task, start, size) in enumerate(zip(tasks, starts, sizes)):
-            kv = None
-            if budget.take((start + size) * position_bytes, must=task.stop is not None):
-                kv = _block_kv(cache, pack.place[r], start, past_len, size)
-            rows.append(ScoredRow(task.ids, nll[r, :len(task.ids)], kv, task.end, bounded[r]))
-        return rows
+        out, first = [], 0
+        for req in requests:
+            mine = range(first, first + sum(len(lane) for lane in req.lanes))
+            first = mine.stop
+            blocks = [hidden[lane, off:off + sizes[r]]
+                      for r, (lane, off) in zip(mine, (pack.place[r] for r in mine))]
+            nll, bounded = self.score([tasks[r] for r in mine], blocks, req.vocab)
+            rows = []
+            for i, r in enumerate(mine):
+                task, start, size = tasks[r], starts[r], sizes[r]
+                kv = None
+                if req.budget.take((start + size) * position_bytes, must=task.stop is not None):
+                    kv = _block_kv(cache, pack.place[r], start, past_len, size)
+                rows.append(ScoredRow(task.ids, nll[i, :len(task.ids)], kv, task.end,
+                                      bounded[i]))
+            out.append(rows)
+        return out
 
     @torch.no_grad()
     def score(self, tasks: list[RowTask], hidden: list[torch.Tensor],
@@ -227,6 +257,26 @@ class RowRunner:
         logp, _ = logprob_entropy(hidden_rows, self.head, targets.tokens_on(self.device),
                                   with_entropy=False)
         return -logp.double()
+
+
+def lanes_past(pasts: list[tuple[KV, int]], length: int) -> KV:
+    """Per layer, the first `length` positions of each (shared KV, lanes) repeated for its lanes
+    and padded with zeros to `length`: the past of a forward over several chains' lanes."""
+    if len(pasts) == 1:  # one chain: its KV as a view, no copy
+        (kv, n), = pasts
+        return [(key[:, :, :length].expand(n, -1, -1, -1), val[:, :, :length].expand(n, -1, -1, -1))
+                for key, val in kv]
+
+    def padded(t: torch.Tensor, n: int) -> torch.Tensor:
+        t = t[:, :, :length]
+        pad = length - t.shape[2]
+        if pad:
+            t = torch.cat([t, t.new_zeros(*t.shape[:2], pad, t.shape[3])], 2)
+        return t.expand(n, -1, -1, -1)
+
+    return [(torch.cat([padded(kv[layer][0], n) for kv, n in pasts]),
+             torch.cat([padded(kv[layer][1], n) for kv, n in pasts]))
+            for layer in range(len(pasts[0][0]))]
 
 
 def _block_kv(cache, place: tuple[int, int], start: int, past_len: int, size: int) -> KV:

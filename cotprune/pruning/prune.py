@@ -10,7 +10,8 @@ Every row's `objective_nll` is J of the pruned chain, computed by the same engin
 
 Features: `--protect digits|REGEX` keeps matching tokens; `--max-cot-tokens` skips longer chains;
 `--resume` continues whole chains and, for greedy, the unfinished chain from its last step;
-`--shard I/N` (or RANK/WORLD_SIZE) writes one part file per process.
+`--shard I/N` (or RANK/WORLD_SIZE) writes one part file per process; `--lockstep N` runs N
+chains' greedy deletions side by side, their candidates in shared forwards.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 import math
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -27,6 +28,7 @@ import pyarrow as pa
 from cotprune.console import Progress, log
 from cotprune.core.deletion import ChainState, DeletionScorer
 from cotprune.core.engine import check_objective, sequence_objectives
+from cotprune.core.lockstep import Lockstep
 from cotprune.core.models import ModelOptions
 from cotprune.core.stage import RunOptions, open_stage
 from cotprune.data.files import (
@@ -73,10 +75,13 @@ class PruneOptions:
     batch_tokens: int = 4096
     predictor: str | None = None
     repredict_every: int | None = None
+    lockstep: int = 1  # greedy: chains whose candidates share forwards (core/lockstep.py)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise InputError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.lockstep < 1:
+            raise InputError(f"--lockstep must be >= 1, got {self.lockstep}")
         for r in self.keep:
             if not (0.0 <= r <= 1.0) or math.isnan(r):
                 raise InputError(f"--keep ratios must lie in [0, 1], got {r}")
@@ -321,7 +326,10 @@ class PruneContext:
 
 def chain_groups(todo: list[tuple[int, Layout]], opts: PruneOptions) -> list[list]:
     """The chains ordered together: batches within --batch-tokens for the methods one forward
-    scores (surprisal, entropy, attention), else one chain at a time."""
+    scores (surprisal, entropy, attention), --lockstep chains for greedy, else one chain at a
+    time."""
+    if opts.method == "greedy":
+        return [todo[i:i + opts.lockstep] for i in range(0, len(todo), opts.lockstep)]
     if opts.method not in BATCHED_METHODS:
         return [[item] for item in todo]
     from cotprune.core.engine import plan_batches
@@ -336,8 +344,16 @@ def deletion_orders(rows: list[dict], layouts: list[Layout], ctx: PruneContext,
     opts, tokenizer = ctx.opts, ctx.tokenizer
     protected = [protected_positions(tokenizer, x.cot_ids, opts.protect_pattern) for x in layouts]
     if opts.method == "greedy":
-        return [(t.order, t) for t in (greedy_trajectory(r, x, p, ctx) for r, x, p in
-                                       zip(rows, layouts, protected, strict=True))]
+        chains = list(zip(rows, layouts, protected, strict=True))
+        if len(chains) == 1:
+            trajectories = [greedy_trajectory(*chains[0], ctx)]
+        else:  # each chain's loop on a scorer of its own, on a lockstep view of the runner
+            lockstep = Lockstep(ctx.scorer.runner)
+            trajectories = lockstep.run([
+                lambda runner, chain=chain: greedy_trajectory(
+                    *chain, replace(ctx, scorer=ctx.scorer.with_runner(runner)))
+                for chain in chains])
+        return [(t.order, t) for t in trajectories]
     if opts.method == "random":
         return [(random_order(len(x.cot_ids), opts.seed, r["id"], p), None)
                 for r, x, p in zip(rows, layouts, protected, strict=True)]
@@ -381,9 +397,11 @@ class PredictorPrior:
         from cotprune.pruning.predictor import chain_features
 
         current = join_segments(self.prompt, cot, self.answer)
-        features = chain_features(self.ctx.model, self.ctx.tokenizer, [current])
-        work = self.ctx.scorer.work
-        work.tokens_run += len(current.input_ids)
-        work.forwards += 1
-        work.projection_rows += len(cot)
-        return self.ctx.predictor.scores(features)[0]
+        def forward():  # on the scorer's runner: with --lockstep, in the main thread
+            work = self.ctx.scorer.work
+            work.tokens_run += len(current.input_ids)
+            work.forwards += 1
+            work.projection_rows += len(cot)
+            return chain_features(self.ctx.model, self.ctx.tokenizer, [current])
+
+        return self.ctx.predictor.scores(self.ctx.scorer.runner.call(forward))[0]
