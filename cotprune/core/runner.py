@@ -7,7 +7,8 @@ share its forwards. It runs tasks two ways:
   forward (the undeleted chain on the prompt's KV; kept rows going on).
 - `run_packed`: candidates on the chain's shared KV, as blocks one after another in the lanes
   of one forward (`packing.py`); a 4D mask keeps each block to its own prefix, so its outputs
-  equal a forward of that candidate alone.
+  equal a forward of that candidate alone. `run_packs` puts several chains' packs in one
+  forward, each lane on its own chain's KV (`prune --lockstep`, `lockstep.py`).
 
 A task cut before its end (`stop`) projects its new targets onto the chain's bound vocabulary
 only (`bounds.py`) and keeps their hidden states; `resolve` makes them exact later.
@@ -177,9 +178,9 @@ class RowRunner:
         lane_sizes = [len(lane) for req in requests for lane in req.lanes]
         block_lanes = [list(range(a, b)) for a, b in itertools.pairwise(
             itertools.accumulate(lane_sizes, initial=0))]
-        shared = requests[0].lanes[0][0].past
+        dtype = tasks[0].past[0][0].dtype
         pack = lay_out(block_lanes, [task.ids[task.start - 1:task.end - 1] for task in tasks],
-                       starts, past_len, shared[0][0].dtype)
+                       starts, past_len, dtype)
         past = lanes_past([(req.lanes[0][0].past, len(req.lanes)) for req in requests], past_len)
         hidden, cache = self.forward(pack.tokens.to(self.device), past,
                                      pack.positions.to(self.device), pack.mask.to(self.device))
