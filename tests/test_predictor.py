@@ -307,6 +307,25 @@ def test_greedy_with_the_predictor_as_prior_scores_a_shortlist(chains_path, pred
         assert r["kept_tokens"] == len(r["kept_positions"])
 
 
+def test_greedy_with_a_prior_in_lockstep_prunes_as_one_chain_at_a_time(chains_path,
+                                                                       predictor_file,
+                                                                       tiny_gpt2_model, tmp_path):
+    """The prior's feature forwards go through the lockstep rounds too (`runner.call`): the
+    same deletions and counts as without --lockstep, in fewer forwards."""
+    args = ["--model", tiny_gpt2_model, "--device", "cpu", "--method", "greedy", "--predictor",
+            predictor_file, "--shortlist", "2", "--keep", "0.5"]
+    runs = []
+    for extra in ([], ["--lockstep", "3"]):
+        out = tmp_path / f"prior{len(extra)}.parquet"
+        code, stdout, err = run_cli("prune", chains_path, "-o", out, *args, *extra)
+        assert code == 0, err
+        runs.append((summary_of(stdout), read_table(out).to_pylist()))
+    (alone, want), (side, got) = runs
+    assert [r["prune_order"] for r in got] == [r["prune_order"] for r in want]
+    assert side["projection_rows"] == alone["projection_rows"]
+    assert side["forwards"] < alone["forwards"]
+
+
 def test_greedy_with_a_predictor_needs_a_shortlist(chains_path, predictor_file,
                                                    tiny_gpt2_model, tmp_path):
     out = tmp_path / "g.parquet"
