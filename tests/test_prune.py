@@ -247,3 +247,39 @@ def test_lockstep_prunes_as_one_chain_at_a_time_in_fewer_forwards(short_chains, 
     assert side["forwards"] < alone["forwards"]
     assert side["projection_rows"] == alone["projection_rows"]
     assert side["published_tokens"] == alone["published_tokens"]
+
+
+def fast_flags() -> list[str]:
+    """FAST spelled out as `prune` flags."""
+    from cotprune.pruning.greedy import FAST
+
+    flags = ["--per-step", str(FAST.per_step), "--refresh-every", str(FAST.refresh_every)]
+    return flags + (["--shortlist", str(FAST.shortlist)] if FAST.shortlist else [])
+
+
+def test_fast_is_its_preset_spelled_out(short_chains, tmp_path, tiny_gpt2_model):
+    from cotprune.pruning.greedy import FAST
+
+    assert not FAST.exact  # a preset of the approximate modes, not exact greedy
+    _, fast = prune(short_chains, tmp_path / "fast.parquet", tiny_gpt2_model, "--keep", "0.5",
+                    "--fast")
+    _, spelled = prune(short_chains, tmp_path / "spelled.parquet", tiny_gpt2_model,
+                       "--keep", "0.5", *fast_flags())
+    assert [r["prune_order"] for r in fast] == [r["prune_order"] for r in spelled]
+    assert [r["objective_trace"] for r in fast] == [r["objective_trace"] for r in spelled]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--fast", "--shortlist", "8"], "--fast sets --shortlist itself"),
+    (["--fast", "--per-step", "2"], "--fast sets --per-step itself"),
+    (["--fast", "--method", "surprisal"], "are for --method greedy, not 'surprisal'"),
+    (["--shortlist", "4", "--method", "random"], "are for --method greedy, not 'random'")],
+    ids=["fast+shortlist", "fast+per-step", "fast-surprisal", "shortlist-random"])
+def test_fast_refuses_what_contradicts_it(short_chains, tmp_path, tiny_gpt2_model, extra,
+                                          message):
+    out = tmp_path / "p.parquet"
+    code, _, stderr = run_cli("prune", short_chains, "-o", out, "--model", tiny_gpt2_model,
+                              "--device", "cpu", *extra)
+    assert code == 2
+    assert message in " ".join(stderr.split())  # rich may wrap the message
+    assert not out.exists()

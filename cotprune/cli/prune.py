@@ -37,6 +37,10 @@ def prune_cmd(
     refresh_every: Annotated[int, typer.Option(
         "--refresh-every", help="greedy --shortlist: rescore all candidates every N steps "
                                 "(0: never).")] = 0,
+    fast: Annotated[bool, typer.Option(
+        "--fast", help="greedy, approximate: the recommended preset of --per-step, --shortlist "
+                       "and --refresh-every (pruning/greedy.py: FAST; trade-offs in "
+                       "BENCHMARKS.md).")] = False,
     protect: Annotated[Optional[str], typer.Option(
         "--protect", help="'digits' or a regex: matching tokens are never deleted.")] = None,
     max_cot_tokens: Annotated[Optional[int], typer.Option(
@@ -55,13 +59,12 @@ def prune_cmd(
 ) -> None:
     """Prune chains: one output row per chain and keep ratio, with J of each pruned chain."""
     from cotprune.console import emit_summary
-    from cotprune.pruning.greedy import GreedyOptions
+    from cotprune.pruning.greedy import greedy_options
     from cotprune.pruning.prune import PruneOptions, run_prune
 
     opts = PruneOptions(
         method=method, keep=o.parse_list(keep, "--keep", float), objective=objective,
-        greedy=GreedyOptions(per_step=per_step, shortlist=shortlist,
-                             refresh_every=refresh_every),
+        greedy=greedy_options(per_step, shortlist, refresh_every, fast=fast),
         protect=protect, max_cot_tokens=max_cot_tokens, seed=run.seed, batch_tokens=batch_tokens,
         predictor=str(predictor) if predictor else None, repredict_every=repredict_every,
         lockstep=lockstep)

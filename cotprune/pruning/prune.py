@@ -86,6 +86,9 @@ class PruneOptions:
             if not (0.0 <= r <= 1.0) or math.isnan(r):
                 raise InputError(f"--keep ratios must lie in [0, 1], got {r}")
         check_objective(self.objective)
+        if self.method != "greedy" and self.greedy != GreedyOptions():
+            raise InputError(f"--per-step, --shortlist, --refresh-every and --fast are for "
+                             f"--method greedy, not {self.method!r}")
         if self.method == "predicted" and not self.predictor:
             raise InputError("--method predicted needs --predictor PATH")
         if self.method == "greedy" and self.predictor and self.greedy.shortlist is None:

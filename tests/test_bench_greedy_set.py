@@ -1,0 +1,53 @@
+"""bench/greedy_set.py (issue 18's GSM8K set): its chain selection and its table."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SHARED
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))  # it imports bench/greedy.py
+    spec = importlib.util.spec_from_file_location("bench_greedy_set", BENCH / "greedy_set.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "GSM8K", SHARED / "data" / "gsm8k" / "train.jsonl")
+    yield module
+    sys.modules.pop("greedy", None)
+
+
+def test_set_takes_the_first_chain_of_each_length_bin_from_the_offset(bench, gpt2_tokenizer):
+    from cotprune.data.layout import ChainLayout
+
+    chains = bench.spread_set(ChainLayout(gpt2_tokenizer), 4, 60, 139, offset=100)
+    lengths = [len(lay.cot_ids) for _, lay in chains]
+    assert [(n - 60) // 20 for n in lengths] == [0, 1, 2, 3]  # one per bin, shortest first
+    assert all(index >= 100 for index, _ in chains)
+    first_of_bin0 = bench.spread_set(ChainLayout(gpt2_tokenizer), 1, 60, 79, offset=100)
+    assert first_of_bin0[0][0] == chains[0][0]  # the first in file order
+
+
+def record(chain, mode, tokens, j, published=1000, cot=10):
+    return {"chain": chain, "mode": mode, "tokens_run": tokens, "J": j, "forwards": 2,
+            "cpu_s": 1.0, "published_tokens": published, "cot_tokens": cot}
+
+
+def test_table_compares_modes_on_the_chains_every_mode_finished(bench):
+    records = [record(1, "exact", 100, 10.0), record(1, "shortlist=4", 20, 11.0),
+               record(2, "exact", 300, 30.0), record(2, "shortlist=4", 50, 29.0),
+               record(3, "exact", 999, 99.0)]  # chain 3: shortlist=4 has not finished it
+    text = bench.table(records, ["exact", "shortlist=4"])
+    assert text.startswith("2 chains")
+    assert "| exact | 400 | 5.0x | 4 | 2 | 40.00 | +0.00% |" in text
+    assert "| shortlist=4 | 70 | 28.6x | 4 | 2 | 40.00 | +0.00% |" in text
+    records.append(record(3, "shortlist=4", 100, 108.9))
+    assert "| shortlist=4 | 170 | 17.6x | 6 | 3 | 148.90 | +7.12% |" in bench.table(
+        records, ["exact", "shortlist=4"])
+    assert bench.table([], ["exact"]) == "no chain finished by every mode yet"
