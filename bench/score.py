@@ -1,5 +1,8 @@
 """Benchmark: `cotprune score --scorer surprisal,entropy,attention` against the hand-written loop.
 
+A third side is the floor: a bare decoder forward of each chain alone (no padding, no output
+head), which every scorer needs; `score` should come close to it plus the projections.
+
 The baseline is what a user writes by hand: one chain at a time, the model loaded with
 `attn_implementation="eager"`, `output_attentions=True`, and a full-vocabulary `log_softmax` of
 the logits. The optimised path is the `score` stage itself (`run_score`, called in-process:
@@ -10,7 +13,9 @@ Each side runs in its own fresh (spawned) process, in the same invocation of thi
 peak memory of each is that process's `resource.getrusage(RUSAGE_SELF).ru_maxrss` (peak resident
 set size, includes the model and the Python/torch runtime); we also print the growth of maxrss
 from just before the model is loaded to the end (`delta`). Both sides are timed end to end,
-including loading the model. The scores of both are compared at the end.
+including loading the model, and by their compute alone (after the load). The scores of both
+are compared at the end. Also printed: the tokens the stage's batches run with their padding,
+beside the tokens the chains hold (a count that does not depend on the machine).
 
     .venv/bin/python bench/score.py [--chains 48] [--repeats 1] [--batch-tokens 8192]
 """
@@ -52,8 +57,8 @@ def run_cotprune(chains: str, batch_tokens: int) -> dict:
                         ModelOptions(device="cpu"))
     seconds = time.perf_counter() - start
     rows = pq.read_table(out).to_pylist()
-    return {"seconds": seconds, "tokens": summary["tokens"], "rss_start_mib": rss0,
-            "rss_peak_mib": maxrss_mib(),
+    return {"seconds": seconds, "compute_s": summary["seconds"], "tokens": summary["tokens"],
+            "rss_start_mib": rss0, "rss_peak_mib": maxrss_mib(),
             "scores": {r["id"]: {s: r[s] for s in SCORERS} for r in rows}}
 
 
@@ -73,6 +78,7 @@ def run_hand_loop(chains: str) -> dict:
     tok = load_tokenizer("smollm2-135m")
     layout = ChainLayout(tok)
     scores, tokens = {}, 0
+    compute_start = time.perf_counter()
     with torch.no_grad():
         for row in pq.read_table(chains).to_pylist():
             x = layout.layout(row["question"], row["cot"], row["answer"])
@@ -87,9 +93,50 @@ def run_hand_loop(chains: str) -> dict:
             scores[row["id"]] = {"surprisal": surprisal.tolist(), "entropy": entropy.tolist(),
                                  "attention": att.tolist()}
             tokens += len(x.input_ids)
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "tokens": tokens, "rss_start_mib": rss0,
-            "rss_peak_mib": maxrss_mib(), "scores": scores}
+    end = time.perf_counter()
+    return {"seconds": end - start, "compute_s": end - compute_start, "tokens": tokens,
+            "rss_start_mib": rss0, "rss_peak_mib": maxrss_mib(), "scores": scores}
+
+
+def run_bare_forward(chains: str) -> dict:
+    """The floor: the decoder alone (no output head, no scores), one chain at a time."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from cotprune.core.engine import forward_hidden
+    from cotprune.core.models import ModelOptions, load_model
+    from cotprune.data.layout import ChainLayout
+
+    rss0 = maxrss_mib()
+    start = time.perf_counter()
+    model, tok = load_model(ModelOptions(device="cpu"))
+    layout = ChainLayout(tok)
+    seqs = [layout.layout(r["question"], r["cot"], r["answer"]).input_ids
+            for r in pq.read_table(chains).to_pylist()]
+    compute_start = time.perf_counter()
+    with torch.no_grad():
+        for ids in seqs:
+            forward_hidden(model, [ids], tok.pad_token_id)
+    end = time.perf_counter()
+    return {"seconds": end - start, "compute_s": end - compute_start,
+            "tokens": sum(len(s) for s in seqs), "rss_start_mib": rss0,
+            "rss_peak_mib": maxrss_mib()}
+
+
+def padded_tokens(chains: str, batch_tokens: int) -> dict:
+    """Tokens the stage's batches run (padding included) against the tokens the chains hold."""
+    import pyarrow.parquet as pq
+
+    from cotprune.core.engine import plan_batches
+    from cotprune.core.models import load_tokenizer
+    from cotprune.data.layout import ChainLayout
+
+    layout = ChainLayout(load_tokenizer("smollm2-135m"))
+    lengths = [len(layout.layout(r["question"], r["cot"], r["answer"]).input_ids)
+               for r in pq.read_table(chains).to_pylist()]
+    batches = plan_batches(lengths, batch_tokens)
+    return {"chain_tokens": sum(lengths), "forwards": len(batches),
+            "padded_tokens": sum(len(b) * max(lengths[i] for i in b) for b in batches)}
 
 
 def in_fresh_process(fn, *args) -> dict:
@@ -134,22 +181,27 @@ def main() -> None:
 
     resolve_model_path("smollm2-135m")  # convert the default model once, outside the timings
     chains = write_chains(args.chains, Path(tempfile.mkdtemp()))
+    load_before = os.getloadavg()[0]
     runs = []
-    for i in range(args.repeats):  # alternate the order, so noisy neighbours hurt both alike
-        if i % 2 == 0:
-            hand = in_fresh_process(run_hand_loop, chains)
-            ours = in_fresh_process(run_cotprune, chains, args.batch_tokens)
-        else:
-            ours = in_fresh_process(run_cotprune, chains, args.batch_tokens)
-            hand = in_fresh_process(run_hand_loop, chains)
-        runs.append((hand, ours))
-    hand_s = min(h["seconds"] for h, _ in runs)
-    ours_s = min(o["seconds"] for _, o in runs)
-    hand, ours = runs[-1]
+    for i in range(args.repeats):  # alternate the order, so noisy neighbours hurt all alike
+        sides = [lambda: in_fresh_process(run_hand_loop, chains),
+                 lambda: in_fresh_process(run_cotprune, chains, args.batch_tokens),
+                 lambda: in_fresh_process(run_bare_forward, chains)]
+        done = [side() for side in (sides if i % 2 == 0 else sides[::-1])]
+        runs.append(tuple(done if i % 2 == 0 else done[::-1]))
+    hand_s = min(h["seconds"] for h, _, _ in runs)
+    ours_s = min(o["seconds"] for _, o, _ in runs)
+    compute = {name: round(min(r[k]["compute_s"] for r in runs), 2)
+               for k, name in enumerate(("hand_loop", "cotprune", "bare_forward"))}
+    hand, ours, _ = runs[-1]
     result = {
         "chains": args.chains, "tokens": ours["tokens"], "batch_tokens": args.batch_tokens,
+        **padded_tokens(chains, args.batch_tokens),
         "hand_loop_s": round(hand_s, 2), "cotprune_s": round(ours_s, 2),
         "speedup": round(hand_s / ours_s, 2),
+        "compute_s": compute,
+        "compute_speedup": round(compute["hand_loop"] / compute["cotprune"], 2),
+        "cotprune_over_bare_forward": round(compute["cotprune"] / compute["bare_forward"], 2),
         "hand_loop_tok_per_s": round(hand["tokens"] / hand_s, 1),
         "cotprune_tok_per_s": round(ours["tokens"] / ours_s, 1),
         "hand_loop_peak_rss_mib": round(hand["rss_peak_mib"]),
@@ -157,8 +209,8 @@ def main() -> None:
         "hand_loop_rss_growth_mib": round(hand["rss_peak_mib"] - hand["rss_start_mib"]),
         "cotprune_rss_growth_mib": round(ours["rss_peak_mib"] - ours["rss_start_mib"]),
         "max_abs_diff": max_differences(hand["scores"], ours["scores"]),
-        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
-        "all_seconds": [[round(h["seconds"], 2), round(o["seconds"], 2)] for h, o in runs],
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "all_compute_s": [[round(side["compute_s"], 2) for side in r] for r in runs],
     }
     print(json.dumps(result, indent=1))
 

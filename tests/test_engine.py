@@ -1,3 +1,6 @@
+import itertools
+import random
+
 import pytest
 import torch
 
@@ -27,6 +30,43 @@ def test_plan_batches_respects_budget_and_covers_all():
     for b in batches:
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 100
     assert batches[0] == [6]  # longest first
+    assert plan_batches([], 100) == []
+    assert plan_batches([500, 3], 100) == [[0], [1]]  # over the budget alone: its own batch
+
+
+def plan_cost(lengths, batches, forward_cost):
+    return sum(len(b) * max(lengths[i] for i in b) + forward_cost for b in batches)
+
+
+def best_plan_cost(widths, budget, forward_cost):
+    """Plain reference: try every cut of the length-sorted order (2^(n-1) plans)."""
+    n, best = len(widths), None
+    for cuts in itertools.product((False, True), repeat=n - 1):
+        bounds = [0, *(k + 1 for k, cut in enumerate(cuts) if cut), n]
+        runs = [widths[a:b] for a, b in zip(bounds, bounds[1:])]
+        if any(len(r) > 1 and len(r) * r[0] > budget for r in runs):
+            continue
+        cost = sum(len(r) * r[0] + forward_cost for r in runs)
+        best = cost if best is None else min(best, cost)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_plan_batches_is_the_cheapest_plan_of_sorted_runs(seed):
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 60) for _ in range(rng.randint(1, 10))]
+    budget, forward_cost = rng.choice([40, 100, 250]), rng.choice([0, 8, 64])
+    batches = plan_batches(lengths, budget, forward_cost=forward_cost)
+    widths = sorted(lengths, reverse=True)
+    assert plan_cost(lengths, batches, forward_cost) == best_plan_cost(widths, budget,
+                                                                      forward_cost)
+
+
+def test_plan_batches_pads_less_than_filling_to_the_budget():
+    # filled to 100 tokens, [50, 10, ...] would pad nine 10-token rows to 50
+    lengths = [50, 10, 10, 10, 10, 10, 10, 10, 10, 10]
+    batches = plan_batches(lengths, 500, forward_cost=8)
+    assert batches == [[0], [1, 2, 3, 4, 5, 6, 7, 8, 9]]
 
 
 def test_logprob_entropy_matches_full_softmax():
