@@ -45,9 +45,19 @@ def test_table_compares_modes_on_the_chains_every_mode_finished(bench):
                record(3, "exact", 999, 99.0)]  # chain 3: shortlist=4 has not finished it
     text = bench.table(records, ["exact", "shortlist=4"])
     assert text.startswith("2 chains")
-    assert "| exact | 400 | 5.0x | 4 | 2 | 40.00 | +0.00% |" in text
-    assert "| shortlist=4 | 70 | 28.6x | 4 | 2 | 40.00 | +0.00% |" in text
+    assert "| exact | 400 | 5.0x | 4 | 2 | 40.00 | +0.00% | - |" in text
+    assert "| shortlist=4 | 70 | 28.6x | 4 | 2 | 40.00 | +0.00% | [" in text
     records.append(record(3, "shortlist=4", 100, 108.9))
-    assert "| shortlist=4 | 170 | 17.6x | 6 | 3 | 148.90 | +7.12% |" in bench.table(
+    assert "| shortlist=4 | 170 | 17.6x | 6 | 3 | 148.90 | +7.12% | [" in bench.table(
         records, ["exact", "shortlist=4"])
     assert bench.table([], ["exact"]) == "no chain finished by every mode yet"
+
+
+def test_gap_interval_resamples_chains(bench):
+    assert bench.gap_interval([10.0, 20.0], [10.0, 20.0]) == (0.0, 0.0)
+    low, high = bench.gap_interval([10.0, 20.0, 40.0], [11.0, 22.0, 44.0])
+    assert low == pytest.approx(0.1) and high == pytest.approx(0.1)
+    exact, mode = [10.0, 20.0, 30.0, 40.0], [8.0, 24.0, 30.0, 44.0]  # -20%, +20%, 0%, +10%
+    low, high = bench.gap_interval(exact, mode)
+    point = sum(mode) / sum(exact) - 1
+    assert -0.2 <= low < point < high <= 0.2
