@@ -43,7 +43,7 @@ def best_plan_cost(widths, budget, forward_cost):
     n, best = len(widths), None
     for cuts in itertools.product((False, True), repeat=n - 1):
         bounds = [0, *(k + 1 for k, cut in enumerate(cuts) if cut), n]
-        runs = [widths[a:b] for a, b in zip(bounds, bounds[1:])]
+        runs = [widths[a:b] for a, b in itertools.pairwise(bounds)]
         if any(len(r) > 1 and len(r) * r[0] > budget for r in runs):
             continue
         cost = sum(len(r) * r[0] + forward_cost for r in runs)
