@@ -52,12 +52,12 @@ class GreedyOptions:
 
 
 # `prune --fast`: the approximate mode recommended by bench/greedy_set.py (BENCHMARKS.md,
-# "prune"). Over its first 11 GSM8K chains (64-188 CoT tokens) lazy greedy with a shortlist of 4
-# ran 52.4x fewer decoder tokens than the published algorithm (exact: 5.2x) with a summed J 5.7%
-# above exact greedy's (95% bootstrap interval over chains -5.8% to +17.6%); a shortlist of 8
-# ran more tokens for no smaller gap (+5.8%), one of 2 ended +12.3% above. J depends on
-# greedy's path (per chain the gap runs from -28% to +48%), so check a mode against exact on a
-# few of your own chains.
+# "prune"). Over its first 12 GSM8K chains (64-197 CoT tokens) lazy greedy with a shortlist of 4
+# ran 54.3x fewer decoder tokens than the published algorithm (exact: 5.1x) with a summed J 8.0%
+# above exact greedy's (95% bootstrap interval over chains -4.0% to +19.2%); a shortlist of 8
+# ended +5.9% (-2.1% to +17.4%) for 35% more tokens, one of 2 +13.1% (+3.6% to +22.6%). J
+# depends on greedy's path (per chain the gap runs from -28% to +48%), so check a mode against
+# exact on a few of your own chains.
 FAST = GreedyOptions(shortlist=4)
 
 
