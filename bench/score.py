@@ -123,20 +123,31 @@ def run_bare_forward(chains: str) -> dict:
             "rss_peak_mib": maxrss_mib()}
 
 
-def padded_tokens(chains: str, batch_tokens: int) -> dict:
-    """Tokens the stage's batches run (padding included) against the tokens the chains hold."""
+def chain_lengths(chains: str) -> list[int]:
+    """Tokens of each chain as the stage lays it out (question, CoT, answer)."""
     import pyarrow.parquet as pq
 
-    from cotprune.core.engine import plan_batches
     from cotprune.core.models import load_tokenizer
     from cotprune.data.layout import ChainLayout
 
     layout = ChainLayout(load_tokenizer("smollm2-135m"))
-    lengths = [len(layout.layout(r["question"], r["cot"], r["answer"]).input_ids)
-               for r in pq.read_table(chains).to_pylist()]
-    batches = plan_batches(lengths, batch_tokens)
-    return {"chain_tokens": sum(lengths), "forwards": len(batches),
-            "padded_tokens": sum(len(b) * max(lengths[i] for i in b) for b in batches)}
+    return [len(layout.layout(r["question"], r["cot"], r["answer"]).input_ids)
+            for r in pq.read_table(chains).to_pylist()]
+
+
+def padded_tokens(plan, lengths: list[int], batch_tokens: int) -> int:
+    """Tokens the batches of `plan` run, padding included."""
+    return sum(len(b) * max(lengths[i] for i in b) for b in plan(lengths, batch_tokens))
+
+
+def batching(chains: str, batch_tokens: int) -> dict:
+    """Tokens the stage's batches run (padding included) against the tokens the chains hold."""
+    from cotprune.core.engine import plan_batches
+
+    lengths = chain_lengths(chains)
+    return {"chain_tokens": sum(lengths),
+            "forwards": len(plan_batches(lengths, batch_tokens)),
+            "padded_tokens": padded_tokens(plan_batches, lengths, batch_tokens)}
 
 
 def in_fresh_process(fn, *args) -> dict:
@@ -196,7 +207,7 @@ def main() -> None:
     hand, ours, _ = runs[-1]
     result = {
         "chains": args.chains, "tokens": ours["tokens"], "batch_tokens": args.batch_tokens,
-        **padded_tokens(chains, args.batch_tokens),
+        **batching(chains, args.batch_tokens),
         "hand_loop_s": round(hand_s, 2), "cotprune_s": round(ours_s, 2),
         "speedup": round(hand_s / ours_s, 2),
         "compute_s": compute,

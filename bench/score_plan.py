@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from score import SCORERS, write_chains  # bench/score.py  # noqa: E402
+from score import SCORERS, chain_lengths, padded_tokens, write_chains  # noqa: E402
 
 
 def fill_to_budget(lengths, batch_tokens):
@@ -36,10 +36,6 @@ def fill_to_budget(lengths, batch_tokens):
     return batches
 
 
-def padded_tokens(plan, lengths, batch_tokens) -> int:
-    return sum(len(b) * max(lengths[i] for i in b) for b in plan(lengths, batch_tokens))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--chains", type=int, default=48)
@@ -47,17 +43,12 @@ def main() -> None:
     ap.add_argument("--batch-tokens", type=int, default=8192)
     args = ap.parse_args()
 
-    import pyarrow.parquet as pq
-
     import cotprune.core.engine as engine
-    from cotprune.core.models import ModelOptions, load_tokenizer
-    from cotprune.data.layout import ChainLayout
+    from cotprune.core.models import ModelOptions
     from cotprune.scoring.score import ScoreOptions, run_score
 
     chains = write_chains(args.chains, Path(tempfile.mkdtemp()))
-    layout = ChainLayout(load_tokenizer("smollm2-135m"))
-    lengths = [len(layout.layout(r["question"], r["cot"], r["answer"]).input_ids)
-               for r in pq.read_table(chains).to_pylist()]
+    lengths = chain_lengths(chains)
     sides = {"plan_batches": engine.plan_batches, "fill_to_budget": fill_to_budget}
     seconds: dict[str, list[float]] = {name: [] for name in sides}
     for rep in range(args.repeats):
