@@ -78,9 +78,11 @@ def parse_mode(spec: str):
 
     if spec == "exact":
         return GreedyOptions()
-    fields = {"per-step": "per_step", "shortlist": "shortlist", "refresh-every": "refresh_every"}
+    fields = {"per-step": "per_step", "shortlist": "shortlist", "refresh-every": "refresh_every",
+              "self-term": "self_term"}
     settings = dict(part.split("=") for part in spec.split("+"))
-    return GreedyOptions(**{fields[k]: int(v) for k, v in settings.items()})
+    values = {fields[k]: (v == "1" if k == "self-term" else int(v)) for k, v in settings.items()}
+    return GreedyOptions(**values)
 
 
 def timed(fn, *args, **kwargs):

@@ -29,8 +29,6 @@ from pathlib import Path
 
 from greedy import GSM8K, parse_mode  # bench/greedy.py
 
-FIELDS = {"per-step": "per_step", "shortlist": "shortlist", "refresh-every": "refresh_every"}
-
 
 def mode_options(spec: str):
     """GreedyOptions of a mode spec: 'exact', 'fast' or e.g. 'shortlist=4+refresh-every=8'."""

@@ -18,6 +18,14 @@ def full_objectives(model, seqs: list[list[int]], start: int) -> list[float]:
     return (-logp.gather(-1, ids[:, start:, None]).sum((1, 2))).tolist()
 
 
+@torch.no_grad()
+def per_target_nll(model, ids: list[int]) -> list[float]:
+    """nll[t] = -log p(ids[t] | ids[:t]) from one full forward (nll[0] = 0: no target)."""
+    x = torch.tensor([ids])
+    logp = torch.log_softmax(model(x).logits[0, :-1].double(), -1)
+    return [0.0, *(-logp.gather(-1, x[0, 1:, None])[:, 0]).tolist()]
+
+
 def full_objective(model, ids: list[int], start: int) -> float:
     return full_objectives(model, [ids], start)[0]
 

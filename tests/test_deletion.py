@@ -1,12 +1,17 @@
 import pytest
-from greedy_reference import full_objective, reference_greedy
+from greedy_reference import full_objective, per_target_nll, reference_greedy
 
 import cotprune.core.deletion as deletion
 from cotprune.core.deletion import ChainState, DeletionScorer
 from cotprune.core.models import ModelOptions, load_model
 from cotprune.core.rows import kv_bytes
 from cotprune.data.layout import ChainLayout
-from cotprune.pruning.greedy import GreedyOptions, greedy_prune, kept_positions
+from cotprune.pruning.greedy import (
+    GreedyOptions,
+    corrected_stale,
+    greedy_prune,
+    kept_positions,
+)
 
 COTS = ["We add 3 and 4 to get 7, so it is seven.",
         "First 12 minus 5 is 7. Then 7 times 2 is 14, check: 14/2=7.",
@@ -251,6 +256,69 @@ def test_lazy_greedy_rescores_past_the_shortlist_when_a_stale_cost_undercuts_the
     traj = greedy_prune(scorer, [0], list(range(5)), [0], 2, opts=GreedyOptions(shortlist=1))
     assert traj.order == [0, 2]
     assert scorer.calls == 3  # full first step, then the shortlist, then one more round
+
+
+class OwnTermScorer:
+    """J is the sum of the CoT tokens' own terms (the CoT ids are the original indices):
+    token t's is own[t], plus `bump` once `raised_by[t]` is gone. So deleting that token
+    lowers t's deletion cost by `bump`, which only t's own term shows."""
+
+    def __init__(self, own, raised_by, bump):
+        self.own, self.raised_by, self.bump = own, raised_by, bump
+
+    def terms(self, cot):
+        return [self.own[t] + (self.bump if self.raised_by.get(t, t) not in cot else 0.0)
+                for t in cot]
+
+    def candidate_objectives(self, state, candidates, best_of=None):
+        cot = state.cot
+        return sum(self.terms(cot)), {k: sum(self.terms(cot[:k] + cot[k + 1:]))
+                                      for k in candidates}
+
+    def cot_nll(self, state):
+        return self.terms(state.cot)
+
+    def chain_objective(self, state):
+        return sum(self.terms(state.cot))
+
+
+def test_self_term_lets_lazy_greedy_see_a_cost_that_fell():
+    # Deleting 2 (cost -2.0) raises token 4's own term by 1.0, so 4 then costs -1.5: the best.
+    # Its stale cost (-0.5) keeps plain lazy greedy from rescoring it; the self term does not.
+    scorer = OwnTermScorer([1.0, 1.0, 3.0, 1.0, 0.5, 1.0], {4: 2}, 1.0)
+    cot = list(range(6))
+    assert greedy_prune(scorer, [0], cot, [0], 2).order == [2, 4]
+    plain = greedy_prune(scorer, [0], cot, [0], 2, opts=GreedyOptions(shortlist=1))
+    assert plain.order == [2, 0]
+    fixed = greedy_prune(scorer, [0], cot, [0], 2,
+                         opts=GreedyOptions(shortlist=1, self_term=True))
+    assert fixed.order == [2, 4]
+    assert fixed.own_nll[4] == pytest.approx(1.5)  # saved for --resume
+
+
+def test_corrected_stale_moves_a_cost_by_minus_its_own_change():
+    assert corrected_stale(-0.5, 0.5, 1.5) == pytest.approx(-1.5)
+    assert corrected_stale(0.25, 2.0, 1.0) == pytest.approx(1.25)
+    assert corrected_stale(0.25, None, 1.0) == 0.25  # scored before own terms were kept
+    assert corrected_stale(0.25, 2.0, None) == 0.25  # the chain's row is not at hand
+
+
+def test_cot_nll_reads_held_rows_without_running(tiny):
+    model, tok = tiny
+    state = _state(tok, COTS[1])
+    p, n = len(state.prompt), len(state.cot)
+    scorer = DeletionScorer(model, "reason-answer", 4096)
+    assert scorer.cot_nll(state) is None  # nothing scored yet
+    scorer.candidate_objectives(state)
+    d = 5
+    after = ChainState(state.prompt, state.cot[:d] + state.cot[d + 1:], state.answer)
+    ran = scorer.work.tokens_run
+    for s in (state, after):
+        want = per_target_nll(model, s.ids)[p:p + len(s.cot)]
+        assert scorer.cot_nll(s) == pytest.approx(want, abs=1e-4)
+    assert scorer.work.tokens_run == ran
+    twice = ChainState(state.prompt, after.cot[:d] + after.cot[d + 1:], state.answer)
+    assert scorer.cot_nll(twice) is None and len(scorer.cot_nll(state)) == n
 
 
 def _check_best_of(full: dict[int, float], bounded: dict[int, float], m: int) -> list[int]:

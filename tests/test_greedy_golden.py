@@ -64,6 +64,13 @@ GOLDEN = {  # computed with the engine of commit c655ac4 (before the reshape)
                   235.266809, 224.08631, 213.16239, 202.248591, 191.437038, 179.509912],
         "counts": {"tokens_run": 885, "forwards": 20, "projection_rows": 895, "bound_rows": 0},
     },
+    "shortlist-2-self-term": {  # added with --self-term: exact's first 9 deletions
+        "order": [1, 17, 13, 2, 11, 18, 0, 3, 15, 7, 6],
+        "kept": [4, 5, 8, 9, 10, 12, 14, 16, 19, 20, 21],
+        "trace": [291.33569, 279.963867, 268.661407, 257.418147, 246.233005,
+                  235.23054, 224.318857, 213.284659, 202.248591, 191.291457, 179.509914],
+        "counts": {"tokens_run": 878, "forwards": 20, "projection_rows": 888, "bound_rows": 0},
+    },
 }
 
 
@@ -81,6 +88,8 @@ CASES = {
     "exact": dict(objective="reason-answer", batch_tokens=4096, opts={}),
     "exact-answer-small-batches": dict(objective="answer", batch_tokens=64, opts={}),
     "shortlist-2": dict(objective="reason-answer", batch_tokens=4096, opts={"shortlist": 2}),
+    "shortlist-2-self-term": dict(objective="reason-answer", batch_tokens=4096,
+                                  opts={"shortlist": 2, "self_term": True}),
     "per-step-2": dict(objective="reason-answer", batch_tokens=4096, opts={"per_step": 2}),
     "prior-shortlist-2": dict(objective="reason-answer", batch_tokens=4096,
                               opts={"shortlist": 2}, prior=later_first),

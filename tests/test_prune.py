@@ -254,6 +254,7 @@ def fast_flags() -> list[str]:
     from cotprune.pruning.greedy import FAST
 
     flags = ["--per-step", str(FAST.per_step), "--refresh-every", str(FAST.refresh_every)]
+    flags += ["--self-term"] if FAST.self_term else []
     return flags + (["--shortlist", str(FAST.shortlist)] if FAST.shortlist else [])
 
 
@@ -273,8 +274,11 @@ def test_fast_is_its_preset_spelled_out(short_chains, tmp_path, tiny_gpt2_model)
     (["--fast", "--shortlist", "8"], "--fast sets --shortlist itself"),
     (["--fast", "--per-step", "2"], "--fast sets --per-step itself"),
     (["--fast", "--method", "surprisal"], "are for --method greedy, not 'surprisal'"),
-    (["--shortlist", "4", "--method", "random"], "are for --method greedy, not 'random'")],
-    ids=["fast+shortlist", "fast+per-step", "fast-surprisal", "shortlist-random"])
+    (["--shortlist", "4", "--method", "random"], "are for --method greedy, not 'random'"),
+    (["--self-term"], "--self-term corrects lazy greedy's stale costs: it needs --shortlist M"),
+    (["--fast", "--self-term"], "--fast sets --self-term itself")],
+    ids=["fast+shortlist", "fast+per-step", "fast-surprisal", "shortlist-random", "self-term",
+         "fast+self-term"])
 def test_fast_refuses_what_contradicts_it(short_chains, tmp_path, tiny_gpt2_model, extra,
                                           message):
     out = tmp_path / "p.parquet"

@@ -37,9 +37,13 @@ def prune_cmd(
     refresh_every: Annotated[int, typer.Option(
         "--refresh-every", help="greedy --shortlist: rescore all candidates every N steps "
                                 "(0: never).")] = 0,
+    self_term: Annotated[bool, typer.Option(
+        "--self-term", help="greedy --shortlist: bring each stale cost's own-token term up to "
+                            "date from the current chain (free; closer to exact greedy).")
+    ] = False,
     fast: Annotated[bool, typer.Option(
-        "--fast", help="greedy, approximate: the recommended preset of --per-step, --shortlist "
-                       "and --refresh-every (pruning/greedy.py: FAST; trade-offs in "
+        "--fast", help="greedy, approximate: the recommended preset of --per-step, --shortlist, "
+                       "--refresh-every and --self-term (pruning/greedy.py: FAST; trade-offs in "
                        "BENCHMARKS.md).")] = False,
     protect: Annotated[Optional[str], typer.Option(
         "--protect", help="'digits' or a regex: matching tokens are never deleted.")] = None,
@@ -64,7 +68,7 @@ def prune_cmd(
 
     opts = PruneOptions(
         method=method, keep=o.parse_list(keep, "--keep", float), objective=objective,
-        greedy=greedy_options(per_step, shortlist, refresh_every, fast=fast),
+        greedy=greedy_options(per_step, shortlist, refresh_every, self_term, fast=fast),
         protect=protect, max_cot_tokens=max_cot_tokens, seed=run.seed, batch_tokens=batch_tokens,
         predictor=str(predictor) if predictor else None, repredict_every=repredict_every,
         lockstep=lockstep)

@@ -149,6 +149,20 @@ class ChainSession:
         return (self._objective(state, chain),
                 {k: self._objective(state, rows[first_of[k]]) for k in asked})
 
+    def cot_nll(self, state: ChainState) -> list[float] | None:
+        """NLL of each CoT token of `state` as a target of its chain, from rows this session
+        holds (the chain, or the last call's finished row that is `state`), without running
+        anything or changing what carries over; None when it holds no such row."""
+        if self.chain is None:
+            return None
+        held = [self.chain, *self.rows.values()]
+        row = next((r for r in held if r.finished and r.ids == state.ids), None)
+        if row is None:
+            return None
+        self.runner.resolve([row])
+        p = len(state.prompt)
+        return row.nll[p:p + len(state.cot)].tolist()
+
     def _scored(self, state: ChainState) -> bool:
         return self.chain is not None and self.chain.ids == state.ids
 
@@ -288,6 +302,11 @@ class DeletionScorer:
     def counts(self) -> dict[str, int]:
         """The work counters, for a summary: {tokens_run, forwards, projection_rows, bound_rows}."""
         return self.work.as_dict()
+
+    def cot_nll(self, state: ChainState) -> list[float] | None:
+        """NLL of each CoT token of `state`, if its session holds that chain's row (it does
+        after a call on `state`, or on the chain one deletion before it); else None."""
+        return self.session_for(state).cot_nll(state)
 
     def chain_objective(self, state: ChainState) -> float:
         """J of the current chain (the first group with no candidates)."""

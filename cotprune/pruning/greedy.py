@@ -37,6 +37,9 @@ class GreedyOptions:
     per_step: int = 1
     shortlist: int | None = None
     refresh_every: int = 0
+    # lazy greedy: correct each stale cost by the change of its token's own NLL term since it was
+    # scored (`corrected_stale`); that term is known for free from the current chain's row
+    self_term: bool = False
 
     def __post_init__(self) -> None:
         if self.per_step < 1:
@@ -45,6 +48,9 @@ class GreedyOptions:
             raise InputError(f"--shortlist must be >= 1, got {self.shortlist}")
         if self.refresh_every < 0:
             raise InputError(f"--refresh-every must be >= 0, got {self.refresh_every}")
+        if self.self_term and self.shortlist is None:
+            raise InputError("--self-term corrects lazy greedy's stale costs: it needs "
+                             "--shortlist M")
 
     @property
     def exact(self) -> bool:
@@ -61,15 +67,16 @@ class GreedyOptions:
 FAST = GreedyOptions(shortlist=4)
 
 
-def greedy_options(per_step: int = 1, shortlist: int | None = None, refresh_every: int = 0, *,
-                   fast: bool = False) -> GreedyOptions:
-    """The greedy options of `prune`'s flags: `fast` is the FAST preset, which the three
-    settings it fixes may not be given beside."""
+def greedy_options(per_step: int = 1, shortlist: int | None = None, refresh_every: int = 0,
+                   self_term: bool = False, *, fast: bool = False) -> GreedyOptions:
+    """The greedy options of `prune`'s flags: `fast` is the FAST preset, which the settings
+    it fixes may not be given beside."""
     if not fast:
-        return GreedyOptions(per_step, shortlist, refresh_every)
+        return GreedyOptions(per_step, shortlist, refresh_every, self_term)
     given = [flag for flag, value, default in [("--per-step", per_step, 1),
                                                ("--shortlist", shortlist, None),
-                                               ("--refresh-every", refresh_every, 0)]
+                                               ("--refresh-every", refresh_every, 0),
+                                               ("--self-term", self_term, False)]
              if value != default]
     if given:
         raise InputError(f"--fast sets {', '.join(given)} itself: give one or the other")
@@ -88,6 +95,7 @@ class Trajectory:
     estimates: dict[int, float] = field(default_factory=dict)  # original index -> last cost
     last_at: int | None = None
     step: int = 0
+    own_nll: dict[int, float] = field(default_factory=dict)  # original index -> its NLL then
 
 
 def _run_of(cot: list[int], k: int) -> range:
@@ -130,6 +138,31 @@ def lazy_step(scorer: DeletionScorer, state: ChainState, stale: dict[int, float]
         todo = sorted(rest[:size])
 
 
+def corrected_stale(cost: float, own_then: float | None, own_now: float | None) -> float:
+    """A stale deletion cost with its own term brought up to date.
+
+    Deleting CoT token k costs J(S without k) - J(S) = -nll_S(k) + (what the targets after k
+    lose), so when earlier deletions make token k itself likelier or less likely, its cost
+    moves by minus that change of its own NLL, which the current chain's row tells for free.
+    Only the effect on later targets stays stale. Without both NLLs the cost stays as it was.
+    """
+    if own_then is None or own_now is None:
+        return cost
+    return cost + own_then - own_now
+
+
+def own_terms(scorer: DeletionScorer, state: ChainState) -> list[float]:
+    """Each CoT token's own NLL in `state`: from the rows the scorer holds (after a step, the
+    winner's row is the next chain), else from a run of the chain (the first step after a
+    --resume, or after several deletions at once), so a resumed run corrects as an
+    uninterrupted one does."""
+    own = scorer.cot_nll(state)
+    if own is None:
+        scorer.chain_objective(state)
+        own = scorer.cot_nll(state)
+    return own
+
+
 def prior_shortlist(scores: list[float], allowed: list[int], near: set[int],
                     size: int) -> list[int]:
     """The `size` candidates a prior ranks first for deletion (lowest score; ties: lower index),
@@ -152,10 +185,11 @@ def greedy_prune(scorer: DeletionScorer, prompt: list[int], cot: list[int], answ
     if prior is not None and opts.shortlist is None:
         raise InputError("greedy with a predictor prior needs --shortlist M")
     traj = Trajectory(list(start.order), list(start.trace), dict(start.estimates),
-                      start.last_at, start.step) if start else Trajectory()
+                      start.last_at, start.step, dict(start.own_nll)) if start else Trajectory()
     deleted = set(traj.order)
     positions = [i for i in range(len(cot)) if i not in deleted]  # original index per current k
     estimates = traj.estimates  # lazy greedy: last known cost per original index
+    own_nll = traj.own_nll  # with opts.self_term: each token's own NLL when it was last scored
     pending: list[int] = []  # trace entries (per_step > 1) that wait for the next base pass
     last_at, step = traj.last_at, traj.step
     while len(traj.order) < deletions:
@@ -172,7 +206,10 @@ def greedy_prune(scorer: DeletionScorer, prompt: list[int], cot: list[int], answ
             best_of = opts.per_step if opts.shortlist is None else None
             base_j, js = scorer.candidate_objectives(state, allowed, best_of=best_of)
         else:
-            stale = {k: estimates[i] for k, i in enumerate(positions) if i in estimates}
+            own = own_terms(scorer, state) if opts.self_term else None
+            stale = {k: corrected_stale(estimates[i], own_nll.get(i),
+                                         None if own is None else own[k])
+                     for k, i in enumerate(positions) if i in estimates}
             base_j, js = lazy_step(scorer, state, stale, allowed, near, opts.shortlist)
         for t in pending:
             traj.trace[t] = base_j
@@ -183,6 +220,9 @@ def greedy_prune(scorer: DeletionScorer, prompt: list[int], cot: list[int], answ
             break
         for k, j in js.items():
             estimates[positions[k]] = j - base_j
+        if opts.self_term and opts.shortlist is not None:
+            own = own_terms(scorer, state)  # held: the call just made scored this chain
+            own_nll.update({positions[k]: own[k] for k in js})
         take = min(opts.per_step, deletions - len(traj.order))
         chosen = sorted(js, key=lambda k: (js[k], k))[:take]
         for k in chosen:

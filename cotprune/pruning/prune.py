@@ -87,13 +87,16 @@ class PruneOptions:
                 raise InputError(f"--keep ratios must lie in [0, 1], got {r}")
         check_objective(self.objective)
         if self.method != "greedy" and self.greedy != GreedyOptions():
-            raise InputError(f"--per-step, --shortlist, --refresh-every and --fast are for "
-                             f"--method greedy, not {self.method!r}")
+            raise InputError(f"--per-step, --shortlist, --refresh-every, --self-term and --fast "
+                             f"are for --method greedy, not {self.method!r}")
         if self.method == "predicted" and not self.predictor:
             raise InputError("--method predicted needs --predictor PATH")
         if self.method == "greedy" and self.predictor and self.greedy.shortlist is None:
             raise InputError("--method greedy --predictor PATH (a learned prior) needs "
                              "--shortlist M")
+        if self.predictor and self.greedy.self_term:
+            raise InputError("--self-term corrects lazy greedy's stale costs; with --predictor "
+                             "no step uses a stale cost")
         if self.predictor and self.method not in ("greedy", "predicted"):
             raise InputError(f"--predictor is for --method predicted or greedy, not "
                              f"{self.method!r}")
@@ -179,13 +182,15 @@ class GreedyCheckpoint:
         if data["id"] != self.chain_id:
             return None
         estimates = {int(i): j for i, j in data.get("estimates", {}).items()}
+        own_nll = {int(i): j for i, j in data.get("own_nll", {}).items()}
         return Trajectory(data["order"], data["trace"], estimates, data.get("last_at"),
-                          data.get("step", 0))
+                          data.get("step", 0), own_nll)
 
     def save(self, traj: Trajectory) -> None:
         self.output.write_state(self.name, json.dumps(
             {"id": self.chain_id, "order": traj.order, "trace": traj.trace,
-             "estimates": traj.estimates, "last_at": traj.last_at, "step": traj.step}))
+             "estimates": traj.estimates, "last_at": traj.last_at, "step": traj.step,
+             "own_nll": traj.own_nll}))
 
 
 def pruned_rows(chain: dict, layout: Layout, order: list[int], opts: PruneOptions, tokenizer,
