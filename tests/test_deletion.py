@@ -167,6 +167,21 @@ def test_step_after_several_deletions_continues_rows_before_the_first(tiny, monk
     assert ran < ran_anew  # rows k < 7 started after 7
 
 
+def test_deleting_a_token_of_a_run_takes_the_runs_row_as_the_next_chain(tiny):
+    model, tok = tiny
+    state = _state(tok, COTS[2])
+    k = next(i for i in range(len(state.cot) - 1) if state.cot[i] == state.cot[i + 1])
+    scorer = DeletionScorer(model, "reason-answer", 4096)
+    scorer.candidate_objectives(state)
+    row = scorer.session.rows[k]  # every token of the run shares the row of its first
+    after = ChainState(state.prompt, state.cot[:k] + state.cot[k + 1:], state.answer)
+    base_j, js = scorer.candidate_objectives(after)
+    assert scorer.session.chain is row  # not run again
+    fresh_j, fresh = DeletionScorer(model, "reason-answer", 4096).candidate_objectives(after)
+    assert base_j == pytest.approx(fresh_j, abs=1e-4)
+    assert js == pytest.approx(fresh, abs=1e-4)
+
+
 def test_first_difference_finds_where_a_shorter_chain_departs():
     assert deletion.first_difference([1, 2, 3, 4, 5, 6], [1, 2, 3, 5, 6], 1) == 2
     assert deletion.first_difference([1, 2, 3, 4, 5], [1, 2, 3, 4], 1) == 3  # the last token

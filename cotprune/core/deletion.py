@@ -179,9 +179,11 @@ class ChainSession:
             return chain, {}, 0
         p = len(state.prompt)
         d = deleted_index(chain.ids, state.ids, p)
-        if d is not None and d in rows and rows[d].kv is not None and rows[d].finished:
-            self.runner.resolve([rows[d]])  # exact already when d won the last call; not if d lost
-            new_chain = rows[d]
+        # rows are keyed by the first token of a run of equal tokens, d is the run's last
+        won = None if d is None else rows.get(first_of_run(chain.ids[p:], d))
+        if won is not None and won.kv is not None and won.finished:
+            self.runner.resolve([won])  # exact already when it won the last call; not if it lost
+            new_chain = won
         else:
             d = first_difference(chain.ids, state.ids, p)
             if d is None:
