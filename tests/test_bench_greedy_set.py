@@ -61,3 +61,14 @@ def test_gap_interval_resamples_chains(bench):
     low, high = bench.gap_interval(exact, mode)
     point = sum(mode) / sum(exact) - 1
     assert -0.2 <= low < point < high <= 0.2
+
+
+def test_mode_specs_name_greedy_options(bench):
+    from cotprune.pruning.greedy import FAST, GreedyOptions
+
+    assert bench.mode_options("exact") == GreedyOptions()
+    assert bench.mode_options("fast") == FAST
+    assert bench.mode_options("shortlist=4+self-term=1") == GreedyOptions(shortlist=4,
+                                                                          self_term=True)
+    assert bench.mode_options("per-step=2+shortlist=8+refresh-every=5") == GreedyOptions(
+        per_step=2, shortlist=8, refresh_every=5)
