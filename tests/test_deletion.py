@@ -4,7 +4,7 @@ from greedy_reference import full_objective, per_target_nll, reference_greedy
 import cotprune.core.deletion as deletion
 from cotprune.core.deletion import ChainState, DeletionScorer
 from cotprune.core.models import ModelOptions, load_model
-from cotprune.core.rows import kv_bytes
+from cotprune.core.rows import first_of_run, kv_bytes
 from cotprune.data.layout import ChainLayout
 from cotprune.pruning.greedy import (
     GreedyOptions,
@@ -165,6 +165,40 @@ def test_step_after_several_deletions_continues_rows_before_the_first(tiny, monk
     assert js == pytest.approx(fresh, abs=1e-4)
     *_, ran_anew = next_step(reuse=False)
     assert ran < ran_anew  # rows k < 7 started after 7
+
+
+def test_window_estimates_are_each_candidates_window_plus_the_chains_tail(tiny):
+    model, tok = tiny
+    state = _state(tok, COTS[2])  # with a run of equal tokens
+    p, window = len(state.prompt), 3
+    scorer = DeletionScorer(model, "reason-answer", 4096)
+    base_j, guesses = scorer.window_estimates(state, window)
+    chain = per_target_nll(model, state.ids)
+    assert base_j == pytest.approx(sum(chain[p:]), abs=1e-4)
+    for k in range(len(state.cot)):
+        first = first_of_run(state.cot, k)  # the run's tokens give one sequence, one estimate
+        seq = state.ids[:p + first] + state.ids[p + first + 1:]
+        g = min(p + first + window, len(seq))  # targets before g are the candidate's own
+        want = sum(per_target_nll(model, seq)[p:g]) + sum(chain[g + 1:])
+        assert guesses[k] == pytest.approx(want, abs=1e-4)
+    _, exact = DeletionScorer(model, "reason-answer", 4096).candidate_objectives(state)
+    assert scorer.window_estimates(state, 10**6)[1] == pytest.approx(exact, abs=1e-4)
+
+
+def test_first_window_wider_than_the_chain_is_plain_lazy_greedy(tiny):
+    model, tok = tiny
+    state = _state(tok, COTS[1])
+    deletions = len(state.cot) // 2
+
+    def run(opts):
+        scorer = DeletionScorer(model, "reason-answer", 4096)
+        traj = greedy_prune(scorer, state.prompt, state.cot, state.answer, deletions, opts=opts)
+        return traj, scorer.work.tokens_run
+
+    (plain, _), (wide, _) = [run(GreedyOptions(shortlist=2, first_window=w)) for w in (0, 10**6)]
+    assert wide.order == plain.order and wide.trace == pytest.approx(plain.trace, abs=1e-4)
+    narrow, ran = run(GreedyOptions(shortlist=2, first_window=2))
+    assert len(set(narrow.order)) == deletions and ran < run(GreedyOptions(shortlist=2))[1]
 
 
 def test_deleting_a_token_of_a_run_takes_the_runs_row_as_the_next_chain(tiny):

@@ -255,6 +255,7 @@ def fast_flags() -> list[str]:
 
     flags = ["--per-step", str(FAST.per_step), "--refresh-every", str(FAST.refresh_every)]
     flags += ["--self-term"] if FAST.self_term else []
+    flags += ["--first-window", str(FAST.first_window)]
     return flags + (["--shortlist", str(FAST.shortlist)] if FAST.shortlist else [])
 
 

@@ -41,10 +41,14 @@ def prune_cmd(
         "--self-term", help="greedy --shortlist: bring each stale cost's own-token term up to "
                             "date from the current chain (free; closer to exact greedy).")
     ] = False,
+    first_window: Annotated[int, typer.Option(
+        "--first-window", help="greedy --shortlist: full steps estimate each candidate from "
+                               "the W targets after its deletion, rescoring only the "
+                               "likeliest (0: score every candidate to its end).")] = 0,
     fast: Annotated[bool, typer.Option(
         "--fast", help="greedy, approximate: the recommended preset of --per-step, --shortlist, "
-                       "--refresh-every and --self-term (pruning/greedy.py: FAST; trade-offs in "
-                       "BENCHMARKS.md).")] = False,
+                       "--refresh-every, --self-term and --first-window (pruning/greedy.py: "
+                       "FAST; trade-offs in BENCHMARKS.md).")] = False,
     protect: Annotated[Optional[str], typer.Option(
         "--protect", help="'digits' or a regex: matching tokens are never deleted.")] = None,
     max_cot_tokens: Annotated[Optional[int], typer.Option(
@@ -68,7 +72,8 @@ def prune_cmd(
 
     opts = PruneOptions(
         method=method, keep=o.parse_list(keep, "--keep", float), objective=objective,
-        greedy=greedy_options(per_step, shortlist, refresh_every, self_term, fast=fast),
+        greedy=greedy_options(per_step, shortlist, refresh_every, self_term, first_window,
+                              fast=fast),
         protect=protect, max_cot_tokens=max_cot_tokens, seed=run.seed, batch_tokens=batch_tokens,
         predictor=str(predictor) if predictor else None, repredict_every=repredict_every,
         lockstep=lockstep)

@@ -45,12 +45,13 @@ class KvBudget:
     """Bytes of row KV a call may still keep. Rows hold O(n^2) keys and values in all, so a row
     past the budget keeps only its J; rows that must go on later keep their KV regardless."""
 
-    def __init__(self, left: int):
+    def __init__(self, left: int, *, keep_cut: bool = True):
         self.left = left
+        self.keep_cut = keep_cut  # False: not even cut rows keep KV (they will not go on)
 
     def take(self, nbytes: int, must: bool = False) -> bool:
         """Whether a row of `nbytes` keeps its KV (charging the budget when it does)."""
-        keep = must or nbytes <= self.left
+        keep = (must and self.keep_cut) or nbytes <= self.left
         if keep:
             self.left -= nbytes
         return keep

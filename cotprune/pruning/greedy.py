@@ -40,6 +40,9 @@ class GreedyOptions:
     # lazy greedy: correct each stale cost by the change of its token's own NLL term since it was
     # scored (`corrected_stale`); that term is known for free from the current chain's row
     self_term: bool = False
+    # lazy greedy: full steps estimate each candidate from the W targets after its deletion
+    # (`DeletionScorer.window_estimates`) and rescore only the likeliest exactly (0: off)
+    first_window: int = 0
 
     def __post_init__(self) -> None:
         if self.per_step < 1:
@@ -48,6 +51,11 @@ class GreedyOptions:
             raise InputError(f"--shortlist must be >= 1, got {self.shortlist}")
         if self.refresh_every < 0:
             raise InputError(f"--refresh-every must be >= 0, got {self.refresh_every}")
+        if self.first_window < 0:
+            raise InputError(f"--first-window must be >= 0, got {self.first_window}")
+        if self.first_window and self.shortlist is None:
+            raise InputError("--first-window estimates lazy greedy's first costs: it needs "
+                             "--shortlist M")
         if self.self_term and self.shortlist is None:
             raise InputError("--self-term corrects lazy greedy's stale costs: it needs "
                              "--shortlist M")
@@ -68,15 +76,17 @@ FAST = GreedyOptions(shortlist=4)
 
 
 def greedy_options(per_step: int = 1, shortlist: int | None = None, refresh_every: int = 0,
-                   self_term: bool = False, *, fast: bool = False) -> GreedyOptions:
+                   self_term: bool = False, first_window: int = 0, *,
+                   fast: bool = False) -> GreedyOptions:
     """The greedy options of `prune`'s flags: `fast` is the FAST preset, which the settings
     it fixes may not be given beside."""
     if not fast:
-        return GreedyOptions(per_step, shortlist, refresh_every, self_term)
+        return GreedyOptions(per_step, shortlist, refresh_every, self_term, first_window)
     given = [flag for flag, value, default in [("--per-step", per_step, 1),
                                                ("--shortlist", shortlist, None),
                                                ("--refresh-every", refresh_every, 0),
-                                               ("--self-term", self_term, False)]
+                                               ("--self-term", self_term, False),
+                                               ("--first-window", first_window, 0)]
              if value != default]
     if given:
         raise InputError(f"--fast sets {', '.join(given)} itself: give one or the other")
@@ -198,10 +208,16 @@ def greedy_prune(scorer: DeletionScorer, prompt: list[int], cot: list[int], answ
         full = (opts.shortlist is None or not estimates
                 or (opts.refresh_every and step % opts.refresh_every == 0))
         near = set() if last_at is None else {last_at - 1, last_at}
+        guessed: dict[int, float] = {}  # --first-window: estimated costs of this step
         if prior is not None:
             todo = prior_shortlist(prior([cot[i] for i in positions]), allowed, near,
                                    opts.shortlist)
             base_j, js = scorer.candidate_objectives(state, todo, best_of=opts.per_step)
+        elif full and opts.first_window:  # lazy greedy: estimate everyone, rescore the best
+            base_j, guesses = scorer.window_estimates(state, opts.first_window)
+            guessed = {k: guesses[k] - base_j for k in allowed}
+            base_j, js = lazy_step(scorer, state, guessed, allowed, near, opts.shortlist)
+            estimates.update({positions[k]: cost for k, cost in guessed.items()})
         elif full:  # exact steps only need the per_step best; lazy greedy keeps every J
             best_of = opts.per_step if opts.shortlist is None else None
             base_j, js = scorer.candidate_objectives(state, allowed, best_of=best_of)
@@ -222,7 +238,7 @@ def greedy_prune(scorer: DeletionScorer, prompt: list[int], cot: list[int], answ
             estimates[positions[k]] = j - base_j
         if opts.self_term and opts.shortlist is not None:
             own = own_terms(scorer, state)  # held: the call just made scored this chain
-            own_nll.update({positions[k]: own[k] for k in js})
+            own_nll.update({positions[k]: own[k] for k in (guessed or js)})
         take = min(opts.per_step, deletions - len(traj.order))
         chosen = sorted(js, key=lambda k: (js[k], k))[:take]
         for k in chosen:
