@@ -254,9 +254,7 @@ class ChainSession:
         n^2 / 2, and gives the ones it rescores their exact J. No row is kept."""
         first_of = {k: first_of_run(state.cot, k) for k in range(len(state.cot))}
         candidates = sorted(set(first_of.values()))
-        chain = self.chain if self._scored(state) else None
-        if chain is None:
-            chain = self._run_chain(state, KvBudget(KEEP_KV_BYTES))
+        chain = self._known(state)[0] or self._run_chain(state, KvBudget(KEEP_KV_BYTES))
         p, length = len(state.prompt), len(state.ids) - 1
         ends = {k: min(p + k + window, length) for k in candidates}
         tail = chain.nll.flip(0).cumsum(0).flip(0).tolist() + [0.0]  # tail[t]: NLL from t on

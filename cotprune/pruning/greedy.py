@@ -15,7 +15,11 @@ Two approximate modes trade exactness for speed:
   than every stale estimate (Minoux's lazy evaluation). When deleting tokens only ever makes the
   remaining deletions costlier, this picks exactly what exact greedy picks; otherwise it is an
   approximation whose J gap bench/greedy.py measures. `refresh_every=R` rescores everything every
-  R steps (0: never).
+  R steps (0: never). Two refinements cost nothing or save work: `self_term` brings each stale
+  cost's own-token term up to date (`corrected_stale`: deleting k removes k's own NLL, which the
+  current chain's row gives for free), and `first_window=W` makes the full steps estimate each
+  candidate from the W targets after its deletion (`DeletionScorer.window_estimates`), so only
+  the candidates lazy evaluation rescores run to their end.
 - `shortlist=M` with a `prior` (a fitted predictor's scores, `predictor.py`): greedy with a learned
   prior. Every step ranks the remaining candidates by the prior on the current chain (one
   forward) and scores only its M likeliest deletions, plus the neighbours of the last deletion,
