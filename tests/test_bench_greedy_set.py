@@ -45,11 +45,13 @@ def test_table_compares_modes_on_the_chains_every_mode_finished(bench):
                record(3, "exact", 999, 99.0)]  # chain 3: shortlist=4 has not finished it
     text = bench.table(records, ["exact", "shortlist=4"])
     assert text.startswith("2 chains")
-    assert "| exact | 400 | 5.0x | 4 | 2 | 40.00 | +0.00% | - |" in text
+    assert "| exact | 400 | 5.0x | 4 | 2 | 40.00 | +0.00% | - | - |" in text
     assert "| shortlist=4 | 70 | 28.6x | 4 | 2 | 40.00 | +0.00% | [" in text
+    assert text.endswith("| +3.3% |")  # the median of the chains' gaps, +10% and -3.3%
     records.append(record(3, "shortlist=4", 100, 108.9))
-    assert "| shortlist=4 | 170 | 17.6x | 6 | 3 | 148.90 | +7.12% | [" in bench.table(
-        records, ["exact", "shortlist=4"])
+    text = bench.table(records, ["exact", "shortlist=4"])
+    assert "| shortlist=4 | 170 | 17.6x | 6 | 3 | 148.90 | +7.12% | [" in text
+    assert text.endswith("| +10.0% |")  # of +10%, -3.3% and +10%
     assert bench.table([], ["exact"]) == "no chain finished by every mode yet"
 
 
