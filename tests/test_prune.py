@@ -277,9 +277,12 @@ def test_fast_is_its_preset_spelled_out(short_chains, tmp_path, tiny_gpt2_model)
     (["--fast", "--method", "surprisal"], "are for --method greedy, not 'surprisal'"),
     (["--shortlist", "4", "--method", "random"], "are for --method greedy, not 'random'"),
     (["--self-term"], "--self-term corrects lazy greedy's stale costs: it needs --shortlist M"),
-    (["--fast", "--self-term"], "--fast sets --self-term itself")],
+    (["--fast", "--self-term"], "--fast sets --self-term itself"),
+    (["--first-window", "8"], "--first-window estimates lazy greedy's first costs: it needs "
+                              "--shortlist M"),
+    (["--shortlist", "2", "--first-window", "-1"], "--first-window must be >= 0, got -1")],
     ids=["fast+shortlist", "fast+per-step", "fast-surprisal", "shortlist-random", "self-term",
-         "fast+self-term"])
+         "fast+self-term", "first-window", "first-window-negative"])
 def test_fast_refuses_what_contradicts_it(short_chains, tmp_path, tiny_gpt2_model, extra,
                                           message):
     out = tmp_path / "p.parquet"
