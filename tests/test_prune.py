@@ -228,8 +228,8 @@ def test_static_summary_has_no_scorer_counts(short_chains, tmp_path, tiny_gpt2_m
     assert summary["tokens_run"] is None and "published_tokens" not in summary
 
 
-@pytest.mark.parametrize("mode", [[], ["--shortlist", "2"], ["--per-step", "2"]],
-                         ids=["exact", "shortlist", "per-step"])
+@pytest.mark.parametrize("mode", [[], ["--shortlist", "2"], ["--per-step", "2"], ["--fast"]],
+                         ids=["exact", "shortlist", "per-step", "fast"])
 def test_lockstep_prunes_as_one_chain_at_a_time_in_fewer_forwards(short_chains, tmp_path,
                                                                   tiny_gpt2_model, mode):
     """--lockstep runs the chains side by side: the same deletions, J equal up to float
