@@ -70,13 +70,14 @@ class GreedyOptions:
 
 
 # `prune --fast`: the approximate mode recommended by bench/greedy_set.py (BENCHMARKS.md,
-# "prune"). Over its first 12 GSM8K chains (64-197 CoT tokens) lazy greedy with a shortlist of 4
-# ran 54.3x fewer decoder tokens than the published algorithm (exact: 5.1x) with a summed J 8.0%
-# above exact greedy's (95% bootstrap interval over chains -4.0% to +19.2%); a shortlist of 8
-# ended +5.9% (-2.1% to +17.4%) for 35% more tokens, one of 2 +13.1% (+3.6% to +22.6%). J
-# depends on greedy's path (per chain the gap runs from -28% to +48%), so check a mode against
-# exact on a few of your own chains.
-FAST = GreedyOptions(shortlist=4)
+# "prune", session 14). On the 13 GSM8K chains (64-212 CoT tokens) that exact greedy finished,
+# lazy greedy with a shortlist of 4, the self term and a first window of 16 targets ran 80.9x
+# fewer decoder tokens than the published algorithm (exact: 5.2x) with a summed J 3.3% above
+# exact greedy's (95% bootstrap interval over chains -1.7% to +7.5%); the shortlist of 4 alone
+# (the preset before) ran 56.9x at +9.4% (-2.0% to +19.5%). The choice was made on that set; on
+# held-out chains see BENCHMARKS.md. J depends on greedy's path (per chain the gap runs from
+# about -30% to +50%), so check a mode against exact on a few of your own chains.
+FAST = GreedyOptions(shortlist=4, self_term=True, first_window=16)
 
 
 def greedy_options(per_step: int = 1, shortlist: int | None = None, refresh_every: int = 0,
