@@ -80,6 +80,29 @@ def prune_chain(model, j_model, pad_id: int, lay, keep: float, opts) -> dict:
             "J": j, "order": traj.order}
 
 
+def suffix_floor(prompt: int, cot: list[int], answer: int, order: list[int]) -> int:
+    """Decoder tokens that any exact greedy which recomputes only what a deletion changes must
+    run to make the deletions `order` (original CoT indices) of a chain.
+
+    The prompt runs once (but its last token) and the chain once. At a step whose chain has m
+    CoT tokens, candidate k runs its targets from its own deletion on, m + answer - 1 - k of
+    them; after the first step a candidate k before the last deletion d needs only the targets
+    from d on (m + answer - d: everything before agrees with its row of the step before), which
+    is the best any reuse can do. Equal neighbours give one sequence, scored once. Exact mode
+    runs about this many (branch and bound skips a few last targets of losing rows, lanes pad a
+    few), so the ratio published / floor is the most any exact mode of this kind can reach."""
+    tokens = prompt - 1 + len(cot) + answer
+    current, last = list(range(len(cot))), None
+    for gone in order:
+        ids, m = [cot[i] for i in current], len(current)
+        firsts = [k for k in range(m) if k == 0 or ids[k - 1] != ids[k]]
+        tokens += sum(m + answer - last if last is not None and k < last else m + answer - 1 - k
+                      for k in firsts)
+        last = current.index(gone)
+        current.pop(last)
+    return tokens
+
+
 def read_records(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -136,6 +159,28 @@ def table(records: list[dict], modes: list[str]) -> str:
     return "\n".join(lines)
 
 
+def floor_table(records: list[dict], layouts: dict) -> str:
+    """Markdown table of exact mode's tokens against `suffix_floor`, per chain and summed."""
+    lines = ["| chain | CoT tokens | published | floor | exact | exact / floor "
+             "| published / floor | published / exact |", "| --- " * 8 + "|"]
+    sums = [0, 0, 0]
+    for r in sorted((r for r in records if r["mode"] == "exact" and r["chain"] in layouts),
+                    key=lambda r: r["cot_tokens"]):
+        lay = layouts[r["chain"]]
+        floor = suffix_floor(lay.cot_start, lay.cot_ids, len(lay.input_ids) - lay.answer_start,
+                             r["order"])
+        row = [r["published_tokens"], floor, r["tokens_run"]]
+        sums = [a + b for a, b in zip(sums, row)]
+        lines.append(f"| {r['chain']} | {r['cot_tokens']} | " + _floor_cells(*row))
+    lines.append("| all | | " + _floor_cells(*sums))
+    return "\n".join(lines)
+
+
+def _floor_cells(published: int, floor: int, exact: int) -> str:
+    return (f"{published:,} | {floor:,} | {exact:,} | {exact / floor:.2f} | "
+            f"{published / floor:.1f}x | {published / exact:.1f}x |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="JSON lines, one per chain and mode")
@@ -147,14 +192,22 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", help="the pruner's; J is always float32")
     ap.add_argument("--modes", default="exact,per-step=2,shortlist=4")
     ap.add_argument("--report", action="store_true", help="only print the table of --out")
+    ap.add_argument("--floor", action="store_true",
+                    help="only print exact mode's tokens against `suffix_floor` per chain")
     args = ap.parse_args()
     modes = args.modes.split(",")
     if args.report:
         print(table(read_records(args.out), modes))
         return
 
-    from cotprune.core.models import ModelOptions, load_model
+    from cotprune.core.models import ModelOptions, load_model, load_tokenizer
     from cotprune.data.layout import ChainLayout
+
+    if args.floor:
+        chains = spread_set(ChainLayout(load_tokenizer()), args.chains, args.min_cot,
+                            args.max_cot, args.offset)
+        print(floor_table(read_records(args.out), dict(chains)))
+        return
 
     model, tok = load_model(ModelOptions(device="cpu", dtype=args.dtype))
     j_model = model if args.dtype == "float32" else load_model(ModelOptions(device="cpu"))[0]

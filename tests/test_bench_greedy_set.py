@@ -74,3 +74,33 @@ def test_mode_specs_name_greedy_options(bench):
                                                                           self_term=True)
     assert bench.mode_options("per-step=2+shortlist=8+refresh-every=5") == GreedyOptions(
         per_step=2, shortlist=8, refresh_every=5)
+
+
+def test_suffix_floor_counts_each_candidates_changed_suffix(bench):
+    # prompt 4 (3 run: its last token runs with every row), CoT 3, answer 2: 3 + 3 + 2 = 8
+    # first step, no deletion yet: candidates 0, 1, 2 run 4, 3, 2 targets
+    assert bench.suffix_floor(4, [1, 2, 3], 2, [1]) == 8 + 9
+    # second step, last deletion at 1: candidate 0 runs from there (2 + 2 - 1), 1 from itself
+    assert bench.suffix_floor(4, [1, 2, 3], 2, [1, 0]) == 8 + 9 + 3 + 2
+    # equal neighbours are one sequence: candidates 0 and 2 only
+    assert bench.suffix_floor(4, [5, 5, 3], 2, [2]) == 8 + 4 + 2
+
+
+def test_exact_greedy_runs_its_suffix_floor_without_cuts(bench, tiny_gpt2_model):
+    """With no checkpoints (no branch and bound), exact mode runs every token of the floor, and
+    more only by the padding of its lanes and batches."""
+    from cotprune.core.deletion import ChainState, DeletionScorer
+    from cotprune.core.models import ModelOptions, load_model
+    from cotprune.data.layout import ChainLayout
+    from cotprune.pruning.greedy import greedy_prune
+
+    model, tok = load_model(ModelOptions(model=str(tiny_gpt2_model), device="cpu",
+                                         dtype="float32"))
+    cl = ChainLayout(tok)
+    state = ChainState(cl.prompt_ids("What is it?"),
+                       cl.cot_ids("12 minus 5 is 7, so 7 times 2 is 14."), cl.answer_ids("14"))
+    scorer = DeletionScorer(model, "reason-answer", 4096, checkpoints=())
+    n = len(state.cot)
+    order = greedy_prune(scorer, state.prompt, state.cot, state.answer, n // 2).order
+    floor = bench.suffix_floor(len(state.prompt), state.cot, len(state.answer), order)
+    assert floor <= scorer.counts()["tokens_run"] <= 1.05 * floor
