@@ -79,7 +79,8 @@ def parse_mode(spec: str):
     if spec == "exact":
         return GreedyOptions()
     fields = {"per-step": "per_step", "shortlist": "shortlist", "refresh-every": "refresh_every",
-              "self-term": "self_term", "first-window": "first_window"}
+              "self-term": "self_term", "first-window": "first_window",
+              "screen": "screen"}
     settings = dict(part.split("=") for part in spec.split("+"))
     values = {fields[k]: (v == "1" if k == "self-term" else int(v)) for k, v in settings.items()}
     return GreedyOptions(**values)

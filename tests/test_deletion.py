@@ -454,3 +454,49 @@ def test_kept_rows_hold_no_storage_beyond_their_own_kv(tiny):
                 for row in scorer.session.rows.values() if row.kv for pair in row.kv for t in pair}
     own = sum(kv_bytes(row) for row in scorer.session.rows.values())
     assert own > 0 and sum(storages.values()) == own
+
+
+def test_screen_gives_exact_j_to_the_finished_rows_and_window_estimates_to_the_rest(tiny):
+    """--screen W: every candidate runs W targets past its deletion; the likeliest run on to
+    their end and carry their exact J, which the rows left behind cannot undercut: each of those
+    carries its window plus the chain's tail, as `window_estimates` computes it."""
+    model, tok = tiny
+    state = _state(tok, COTS[2])
+    window = 3
+    _, exact = DeletionScorer(model, "reason-answer", 4096).candidate_objectives(state)
+    base_j, guesses = DeletionScorer(model, "reason-answer", 4096).window_estimates(state, window)
+    scorer = DeletionScorer(model, "reason-answer", 4096)
+    screened_j, js = scorer.candidate_objectives(state, screen=window)
+    assert screened_j == pytest.approx(base_j, abs=1e-4)
+    finished = [k for k in js if js[k] == pytest.approx(exact[k], abs=1e-4)]
+    estimated = [k for k in js if k not in finished]
+    assert finished and estimated  # some rows stopped at their window
+    assert js == pytest.approx({k: exact[k] if k in finished else guesses[k] for k in js},
+                               abs=1e-4)
+    best = min(js, key=js.get)
+    assert js[best] == pytest.approx(exact[best], abs=1e-4)
+    assert all(js[k] >= js[best] for k in estimated)
+
+
+def test_screen_wider_than_the_chain_is_plain_lazy_greedy_and_narrow_runs_fewer_tokens(tiny):
+    model, tok = tiny
+    state = _state(tok, COTS[1])
+    deletions = len(state.cot) // 2
+
+    def run(opts):
+        scorer = DeletionScorer(model, "reason-answer", 4096)
+        traj = greedy_prune(scorer, state.prompt, state.cot, state.answer, deletions, opts=opts)
+        return traj, scorer.work.tokens_run
+
+    (plain, plain_ran), (wide, _) = [run(GreedyOptions(shortlist=4, screen=w))
+                                     for w in (0, 10**6)]
+    assert wide.order == plain.order and wide.trace == pytest.approx(plain.trace, abs=1e-4)
+    narrow, ran = run(GreedyOptions(shortlist=4, screen=2))
+    assert len(set(narrow.order)) == deletions and ran < plain_ran
+    # every trace entry is the exact J of the chain after that deletion, not an estimate
+    for step, j in enumerate(narrow.trace):
+        gone = set(narrow.order[:step + 1])
+        chain = ChainState(state.prompt, [t for i, t in enumerate(state.cot) if i not in gone],
+                           state.answer)
+        assert j == pytest.approx(sum(per_target_nll(model, chain.ids)[len(state.prompt):]),
+                                  abs=1e-4)

@@ -191,9 +191,11 @@ def test_score_killed_at_random_chunks_resumes_to_identical_rows(tmp_path, chain
 
 
 @pytest.mark.parametrize("mode", [[], ["--shortlist", "3"],
-                                  ["--shortlist", "3", "--self-term", "--first-window", "2"],
+                                  ["--shortlist", "3", "--self-term", "--first-window", "2",
+                                   "--screen", "2"],
                                   ["--per-step", "2"], ["--lockstep", "2"]],
-                         ids=["exact", "shortlist", "self-term-window", "per-step", "lockstep"])
+                         ids=["exact", "shortlist", "self-term-window-screen", "per-step",
+                              "lockstep"])
 def test_greedy_killed_mid_chain_resumes_to_identical_orders(mode, tmp_path, short_chains,
                                                             model):
     args = ["prune", short_chains, "--model", model, "--device", "cpu", "--keep", "0.5,0.2",

@@ -255,7 +255,7 @@ def fast_flags() -> list[str]:
 
     flags = ["--per-step", str(FAST.per_step), "--refresh-every", str(FAST.refresh_every)]
     flags += ["--self-term"] if FAST.self_term else []
-    flags += ["--first-window", str(FAST.first_window)]
+    flags += ["--first-window", str(FAST.first_window), "--screen", str(FAST.screen)]
     return flags + (["--shortlist", str(FAST.shortlist)] if FAST.shortlist else [])
 
 
@@ -280,9 +280,13 @@ def test_fast_is_its_preset_spelled_out(short_chains, tmp_path, tiny_gpt2_model)
     (["--fast", "--self-term"], "--fast sets --self-term itself"),
     (["--first-window", "8"], "--first-window estimates lazy greedy's first costs: it needs "
                               "--shortlist M"),
-    (["--shortlist", "2", "--first-window", "-1"], "--first-window must be >= 0, got -1")],
+    (["--shortlist", "2", "--first-window", "-1"], "--first-window must be >= 0, got -1"),
+    (["--screen", "8"], "--screen narrows lazy greedy's rescoring: it needs --shortlist M"),
+    (["--shortlist", "2", "--screen", "-1"], "--screen must be >= 0, got -1"),
+    (["--fast", "--screen", "4"], "--fast sets --screen itself")],
     ids=["fast+shortlist", "fast+per-step", "fast-surprisal", "shortlist-random", "self-term",
-         "fast+self-term", "first-window", "first-window-negative"])
+         "fast+self-term", "first-window", "first-window-negative", "screen", "screen-negative",
+         "fast+screen"])
 def test_fast_refuses_what_contradicts_it(short_chains, tmp_path, tiny_gpt2_model, extra,
                                           message):
     out = tmp_path / "p.parquet"

@@ -45,10 +45,14 @@ def prune_cmd(
         "--first-window", help="greedy --shortlist: full steps estimate each candidate from "
                                "the W targets after its deletion, rescoring only the "
                                "likeliest (0: score every candidate to its end).")] = 0,
+    screen: Annotated[int, typer.Option(
+        "--screen", help="greedy --shortlist: each rescored candidate runs the W targets after "
+                         "its deletion, and only the likeliest run on to their end (0: all "
+                         "run to their end).")] = 0,
     fast: Annotated[bool, typer.Option(
         "--fast", help="greedy, approximate: the recommended preset of --per-step, --shortlist, "
-                       "--refresh-every, --self-term and --first-window (pruning/greedy.py: "
-                       "FAST; trade-offs in BENCHMARKS.md).")] = False,
+                       "--refresh-every, --self-term, --first-window and --screen "
+                       "(pruning/greedy.py: FAST; trade-offs in BENCHMARKS.md).")] = False,
     protect: Annotated[Optional[str], typer.Option(
         "--protect", help="'digits' or a regex: matching tokens are never deleted.")] = None,
     max_cot_tokens: Annotated[Optional[int], typer.Option(
@@ -73,7 +77,7 @@ def prune_cmd(
     opts = PruneOptions(
         method=method, keep=o.parse_list(keep, "--keep", float), objective=objective,
         greedy=greedy_options(per_step, shortlist, refresh_every, self_term, first_window,
-                              fast=fast),
+                              screen, fast=fast),
         protect=protect, max_cot_tokens=max_cot_tokens, seed=run.seed, batch_tokens=batch_tokens,
         predictor=str(predictor) if predictor else None, repredict_every=repredict_every,
         lockstep=lockstep)

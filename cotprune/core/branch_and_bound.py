@@ -122,3 +122,29 @@ def finish_rows(rows: Rows, candidates: list[int], best_of: int, stops: list[int
         if not waiting:
             return
         run_on(*next_advance(rows, waiting, worst, stops, likely, batch_tokens, seq_len))
+
+
+def finish_likeliest(rows: Rows, candidates: list[int], chain_nll: torch.Tensor, *,
+                     advance: Advance, resolve: Resolve, objective: Objective) -> dict[int, float]:
+    """{k: J} of the candidates: exact for finished rows, an estimate for the others.
+
+    Not a bound, an approximation (lazy greedy's --screen): every row has run a few targets
+    past its deletion, exactly. A row's estimate is its NLL so far plus what the undeleted chain
+    pays for the targets still to run. The likeliest row runs to its end, then the next, until
+    the best finished J is no more than every unfinished row's estimate; those keep it."""
+    rest = chain_nll.flip(0).cumsum(0).flip(0)  # rest[t]: the chain's NLL from target t on
+
+    def value(k: int) -> float:
+        row = rows[k]
+        return objective(row) + (0.0 if row.finished else float(rest[row.scored_to + 1]))
+
+    js = {k: value(k) for k in candidates}
+    while True:
+        best = min((js[k] for k in candidates if rows[k].finished), default=math.inf)
+        waiting = [k for k in candidates if not rows[k].finished and js[k] < best]
+        if not waiting:
+            return js
+        k = min(waiting, key=lambda k: (js[k], k))
+        advance([k], None)
+        resolve([rows[k]])
+        js[k] = objective(rows[k])

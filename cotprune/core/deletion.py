@@ -31,7 +31,8 @@ their exact J: rows stop at checkpoints and go on only while they may win
 One step, top to bottom: `DeletionScorer.candidate_objectives` finds the chain's session,
 `ChainSession.candidate_objectives` takes what the last call left (`_known`), runs S if it is
 new (`_run_chain`), continues kept rows (`_continue_kept`), packs the other candidates
-(`_run_candidates`), and either cuts (`finish_rows`) or makes every row exact. Row tasks
+(`_packs`), and either cuts (`finish_rows`), finishes only the likeliest rows
+(`finish_likeliest`, with `screen`) or makes every row exact. Row tasks
 (`rows.py`) describe each run; `RowRunner` (`runner.py`) runs and scores them.
 
 The plain reference (a full forward per candidate, as the published code does) lives in the
@@ -41,10 +42,16 @@ tests and bench/greedy.py.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 
 import torch
 
-from cotprune.core.branch_and_bound import CHECKPOINTS, checkpoint_stops, finish_rows
+from cotprune.core.branch_and_bound import (
+    CHECKPOINTS,
+    checkpoint_stops,
+    finish_likeliest,
+    finish_rows,
+)
 from cotprune.core.packing import lanes
 from cotprune.core.rows import (
     KV,
@@ -115,7 +122,8 @@ class ChainSession:
 
     @torch.no_grad()
     def candidate_objectives(self, state: ChainState, candidates: Sequence[int] | None = None,
-                             *, best_of: int | None = None) -> tuple[float, dict[int, float]]:
+                             *, best_of: int | None = None,
+                             screen: int = 0) -> tuple[float, dict[int, float]]:
         """(J of the current chain, {k: J with CoT token k deleted}); see
         `DeletionScorer.candidate_objectives`."""
         asked = list(range(len(state.cot)) if candidates is None else candidates)
@@ -133,21 +141,36 @@ class ChainSession:
         budget = KvBudget(KEEP_KV_BYTES - sum(kv_bytes(row) for row in rows.values()))
         if chain is None:  # S first, on the prompt: every candidate's prefix is S's
             chain = self._run_chain(state, budget)
+        p, length = len(state.prompt), len(state.ids) - 1
         stops = self._stops(state) if best_of else []
+        if screen:  # every row stops `screen` targets after where it starts
+            kept_stops = [p + d - 1 + screen]
+            ends = {k: min(p + k + screen, length) for k in rest}
+        else:  # rows stop at their first checkpoint
+            kept_stops = stops
+            ends = {k: next((t for t in stops if t > p + k), length) for k in rest}
+        if budget.left <= 0:  # a cut row holds its KV until it goes on: cut none
+            ends = dict.fromkeys(rest, length)
         rows.update(self._continue_kept(state, kept, d, [k for k in candidates if k in kept],
-                                        stops, budget))
-        rows.update(self._run_candidates(state, chain, rest, stops, budget))
-        if best_of:
-            finish_rows(rows, candidates, best_of, stops, chain.nll, self.batch_tokens,
-                        len(state.ids),
-                        advance=lambda keys, stop: self._advance(state, rows, keys, stop, budget),
-                        resolve=self.runner.resolve,
-                        objective=lambda row: self._objective(state, row))
-        else:  # every J asked for is wanted exactly (rows may come from a bounded call)
+                                        kept_stops, budget))
+        for packed in self._packs(state, chain, rest, ends, budget):
+            rows.update(packed)
+        objective = partial(self._objective, state)
+        advance = partial(self._advance, state, rows, budget=budget)
+        if screen:  # the windows exact, then the likeliest rows on to their end
             self.runner.resolve([rows[k] for k in candidates])
+            js = finish_likeliest(rows, candidates, chain.nll, advance=advance,
+                                  resolve=self.runner.resolve, objective=objective)
+        else:
+            if best_of:
+                finish_rows(rows, candidates, best_of, stops, chain.nll, self.batch_tokens,
+                            len(state.ids), advance=advance, resolve=self.runner.resolve,
+                            objective=objective)
+            else:  # every J asked for is wanted exactly (rows may come from a bounded call)
+                self.runner.resolve([rows[k] for k in candidates])
+            js = {k: objective(rows[k]) for k in candidates}
         self.chain, self.rows = chain, rows
-        return (self._objective(state, chain),
-                {k: self._objective(state, rows[first_of[k]]) for k in asked})
+        return objective(chain), {k: js[first_of[k]] for k in asked}
 
     def cot_nll(self, state: ChainState) -> list[float] | None:
         """NLL of each CoT token of `state` as a target of its chain, from rows this session
@@ -216,18 +239,6 @@ class ChainSession:
             out.update(zip(batch, self.runner.run_batch(tasks, budget, self.bound_vocab)))
         return out
 
-    def _run_candidates(self, state: ChainState, chain: ScoredRow, keys: list[int],
-                        stops: list[int], budget: KvBudget) -> Rows:
-        """Candidates k from their deletion on, on S's KV, packed in lanes; each runs to its
-        first checkpoint while the KV budget lasts, else to its end."""
-        p, length = len(state.prompt), len(state.ids) - 1
-        ends = {k: next((t for t in stops if t > p + k), length) if budget.left > 0 else length
-                for k in keys}
-        out = {}
-        for rows in self._packs(state, chain, keys, ends, budget):
-            out.update(rows)
-        return out
-
     def _packs(self, state: ChainState, chain: ScoredRow, keys: list[int], ends: dict[int, int],
                budget: KvBudget) -> Iterator[Rows]:
         """The rows of candidates k, each run from its deletion to target ends[k] on S's KV,
@@ -266,7 +277,7 @@ class ChainSession:
         self.chain, self.rows = chain, {}
         return self._objective(state, chain), {k: estimates[first_of[k]] for k in first_of}
 
-    def _advance(self, state: ChainState, rows: Rows, keys: list[int], stop: int | None,
+    def _advance(self, state: ChainState, rows: Rows, keys: list[int], stop: int | None, *,
                  budget: KvBudget) -> None:
         """Run rows cut at the same target on to `stop` (None: to their end)."""
         start = rows[keys[0]].scored_to
@@ -323,13 +334,18 @@ class DeletionScorer:
         return self.session
 
     def candidate_objectives(self, state: ChainState, candidates: Sequence[int] | None = None,
-                             *, best_of: int | None = None) -> tuple[float, dict[int, float]]:
+                             *, best_of: int | None = None,
+                             screen: int = 0) -> tuple[float, dict[int, float]]:
         """(J of the current chain, {k: J with CoT token k deleted}) for the candidates.
 
         With `best_of=m`, a candidate that cannot be among the m cheapest may get a lower bound
         on its J, above the m-th smallest J, instead of its J: all that greedy needs.
+        With `screen=W` (an approximation), every candidate runs W targets past its deletion and
+        only the likeliest run on to their end (`finish_likeliest`): the cheapest J returned is
+        exact, the others may be estimates.
         """
-        return self.session_for(state).candidate_objectives(state, candidates, best_of=best_of)
+        return self.session_for(state).candidate_objectives(state, candidates, best_of=best_of,
+                                                            screen=screen)
 
     def counts(self) -> dict[str, int]:
         """The work counters, for a summary: {tokens_run, forwards, projection_rows, bound_rows}."""

@@ -19,7 +19,9 @@ Two approximate modes trade exactness for speed:
   cost's own-token term up to date (`corrected_stale`: deleting k removes k's own NLL, which the
   current chain's row gives for free), and `first_window=W` makes the full steps estimate each
   candidate from the W targets after its deletion (`DeletionScorer.window_estimates`), so only
-  the candidates lazy evaluation rescores run to their end.
+  the candidates lazy evaluation rescores run to their end. `screen=W` does the same within
+  the rescoring: each rescored candidate runs W targets, and only those that may be the best
+  run on to their end (`finish_likeliest`); the others keep the estimate as their stale cost.
 - `shortlist=M` with a `prior` (a fitted predictor's scores, `predictor.py`): greedy with a learned
   prior. Every step ranks the remaining candidates by the prior on the current chain (one
   forward) and scores only its M likeliest deletions, plus the neighbours of the last deletion,
@@ -47,6 +49,9 @@ class GreedyOptions:
     # lazy greedy: full steps estimate each candidate from the W targets after its deletion
     # (`DeletionScorer.window_estimates`) and rescore only the likeliest exactly (0: off)
     first_window: int = 0
+    # lazy greedy: each rescored candidate first runs the W targets after its deletion; only the
+    # likeliest run on to their end, the others keep an estimate (`finish_likeliest`; 0: off)
+    screen: int = 0
 
     def __post_init__(self) -> None:
         if self.per_step < 1:
@@ -60,6 +65,10 @@ class GreedyOptions:
         if self.first_window and self.shortlist is None:
             raise InputError("--first-window estimates lazy greedy's first costs: it needs "
                              "--shortlist M")
+        if self.screen < 0:
+            raise InputError(f"--screen must be >= 0, got {self.screen}")
+        if self.screen and self.shortlist is None:
+            raise InputError("--screen narrows lazy greedy's rescoring: it needs --shortlist M")
         if self.self_term and self.shortlist is None:
             raise InputError("--self-term corrects lazy greedy's stale costs: it needs "
                              "--shortlist M")
@@ -81,17 +90,18 @@ FAST = GreedyOptions(shortlist=4, self_term=True, first_window=16)
 
 
 def greedy_options(per_step: int = 1, shortlist: int | None = None, refresh_every: int = 0,
-                   self_term: bool = False, first_window: int = 0, *,
+                   self_term: bool = False, first_window: int = 0, screen: int = 0, *,
                    fast: bool = False) -> GreedyOptions:
     """The greedy options of `prune`'s flags: `fast` is the FAST preset, which the settings
     it fixes may not be given beside."""
     if not fast:
-        return GreedyOptions(per_step, shortlist, refresh_every, self_term, first_window)
+        return GreedyOptions(per_step, shortlist, refresh_every, self_term, first_window, screen)
     given = [flag for flag, value, default in [("--per-step", per_step, 1),
                                                ("--shortlist", shortlist, None),
                                                ("--refresh-every", refresh_every, 0),
                                                ("--self-term", self_term, False),
-                                               ("--first-window", first_window, 0)]
+                                               ("--first-window", first_window, 0),
+                                               ("--screen", screen, 0)]
              if value != default]
     if given:
         raise InputError(f"--fast sets {', '.join(given)} itself: give one or the other")
@@ -124,19 +134,22 @@ def _run_of(cot: list[int], k: int) -> range:
 
 
 def lazy_step(scorer: DeletionScorer, state: ChainState, stale: dict[int, float],
-              allowed: list[int], must: set[int], size: int) -> tuple[float, dict[int, float]]:
+              allowed: list[int], must: set[int], size: int,
+              screen: int = 0) -> tuple[float, dict[int, float]]:
     """(J of the chain, fresh J per rescored candidate) for one lazy-greedy step.
 
     `stale` holds each candidate's last known cost J(without k) - J (by current index k). The
     `size` cheapest plus `must` are rescored first; then, while some stale cost is below the best
-    fresh one, the next `size` cheapest stale candidates are rescored.
+    fresh one, the next `size` cheapest stale candidates are rescored. With `screen=W` a rescored
+    candidate's J is exact only where it may be the best; the others get an estimate from W
+    targets (`DeletionScorer.candidate_objectives`).
     """
     ranked = sorted(allowed, key=lambda k: (stale.get(k, float("-inf")), k))
     todo = sorted(set(ranked[:size]) | (must & set(allowed)))
     fresh: dict[int, float] = {}
     allowed_set = set(allowed)
     while True:
-        base_j, js = scorer.candidate_objectives(state, todo)
+        base_j, js = scorer.candidate_objectives(state, todo, screen=screen)
         fresh.update(js)
         # Deleting any token of a run of equal tokens gives the same chain: a fresh J holds for
         # the whole run, and the tie goes to its first token as in exact greedy. Without this
@@ -221,7 +234,8 @@ def greedy_prune(scorer: DeletionScorer, prompt: list[int], cot: list[int], answ
         elif full and opts.first_window:  # lazy greedy: estimate everyone, rescore the best
             base_j, guesses = scorer.window_estimates(state, opts.first_window)
             guessed = {k: guesses[k] - base_j for k in allowed}
-            base_j, js = lazy_step(scorer, state, guessed, allowed, near, opts.shortlist)
+            base_j, js = lazy_step(scorer, state, guessed, allowed, near, opts.shortlist,
+                                   opts.screen)
             estimates.update({positions[k]: cost for k, cost in guessed.items()})
         elif full:  # exact steps only need the per_step best; lazy greedy keeps every J
             best_of = opts.per_step if opts.shortlist is None else None
@@ -231,7 +245,8 @@ def greedy_prune(scorer: DeletionScorer, prompt: list[int], cot: list[int], answ
             stale = {k: corrected_stale(estimates[i], own_nll.get(i),
                                          None if own is None else own[k])
                      for k, i in enumerate(positions) if i in estimates}
-            base_j, js = lazy_step(scorer, state, stale, allowed, near, opts.shortlist)
+            base_j, js = lazy_step(scorer, state, stale, allowed, near, opts.shortlist,
+                                   opts.screen)
         for t in pending:
             traj.trace[t] = base_j
         if pending and on_step is not None:

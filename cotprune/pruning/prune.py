@@ -88,16 +88,17 @@ class PruneOptions:
         check_objective(self.objective)
         if self.method != "greedy" and self.greedy != GreedyOptions():
             raise InputError(f"--per-step, --shortlist, --refresh-every, --self-term, "
-                             f"--first-window and --fast are for --method greedy, not "
+                             f"--first-window, --screen and --fast are for --method greedy, not "
                              f"{self.method!r}")
         if self.method == "predicted" and not self.predictor:
             raise InputError("--method predicted needs --predictor PATH")
         if self.method == "greedy" and self.predictor and self.greedy.shortlist is None:
             raise InputError("--method greedy --predictor PATH (a learned prior) needs "
                              "--shortlist M")
-        if self.predictor and (self.greedy.self_term or self.greedy.first_window):
-            raise InputError("--self-term and --first-window are for lazy greedy's stale "
-                             "costs; with --predictor no step uses a stale cost")
+        if self.predictor and (self.greedy.self_term or self.greedy.first_window
+                               or self.greedy.screen):
+            raise InputError("--self-term, --first-window and --screen are for lazy greedy's "
+                             "stale costs; with --predictor no step uses a stale cost")
         if self.predictor and self.method not in ("greedy", "predicted"):
             raise InputError(f"--predictor is for --method predicted or greedy, not "
                              f"{self.method!r}")
