@@ -11,6 +11,7 @@ from cotprune.core.bounds import Bounded
 from cotprune.core.branch_and_bound import (
     BOUND_MARGIN,
     checkpoint_stops,
+    finish_likeliest,
     finish_rows,
     mth_smallest,
     seed_rows,
@@ -161,3 +162,38 @@ def test_mth_smallest_and_seed_rows():
     # the SEED_ROWS likeliest, and any later row whose bound is below the best likely J
     assert seed_rows(list(likely), bound_of, likely.get, 1) == [0, 1, 2, 3, 5]
     assert seed_rows([], bound_of, likely.get, 1) == []
+
+
+def test_finish_likeliest_finishes_rows_until_none_left_is_likelier_than_the_best():
+    """Rows of 6 targets cut after 2; the chain pays 1.0 a target, so an unfinished row is
+    estimated at its NLL so far plus 1.0 for each target of the chain still ahead (a row is one
+    target shorter than the chain: its target t is the chain's t + 1)."""
+    true = {0: [0.5, 0.5, 1.0, 1.0, 1.0, 1.0],  # likely 1.0 + 4 = 5.0, finishes at 5.0
+            1: [0.2, 0.2, 3.0, 3.0, 3.0, 3.0],  # likely 0.4 + 4 = 4.4: runs first, ends 12.4
+            2: [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],  # likely 6.0 > 5.0: keeps the estimate
+            3: [0.1, 0.1, 0.1, 0.1, 0.1, 0.1]}  # finished already: 0.6
+    rows = {k: ScoredRow(list(range(6)), torch.tensor(v[:2] + [0.0] * 4, dtype=torch.float64),
+                         None, 2) for k, v in true.items()}
+    rows[3] = ScoredRow(list(range(6)), torch.tensor(true[3], dtype=torch.float64), None, 6)
+    chain = torch.ones(7, dtype=torch.float64)
+    advanced, resolved = [], []
+
+    def advance(keys, stop):
+        assert stop is None and len(keys) == 1
+        advanced.append(keys[0])
+        rows[keys[0]].nll = torch.tensor(true[keys[0]], dtype=torch.float64)
+        rows[keys[0]].scored_to = 6
+
+    def objective(row):
+        return float(row.nll.sum())
+
+    js = finish_likeliest(rows, [0, 1, 2, 3], chain, advance=advance, resolve=resolved.extend,
+                          objective=objective)
+    assert advanced == []  # the finished row (0.6) is likelier than every estimate
+    assert js == pytest.approx({0: 5.0, 1: 4.4, 2: 6.0, 3: 0.6})
+    del rows[3]
+    js = finish_likeliest(rows, [0, 1, 2], chain, advance=advance, resolve=resolved.extend,
+                          objective=objective)
+    assert advanced == [1, 0]  # likeliest first; after 1 ends at 12.4, 0 may still win
+    assert js == pytest.approx({0: 5.0, 1: 12.4, 2: 6.0})
+    assert len(resolved) == 2
