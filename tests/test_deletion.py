@@ -274,7 +274,7 @@ class SupermodularScorer:
         pairs = sum(1 for i in gone if i + 1 in gone)
         return sum(self.weights[i] for i in gone) + self.pair * pairs
 
-    def candidate_objectives(self, state, candidates, best_of=None):
+    def candidate_objectives(self, state, candidates, best_of=None, screen=0):
         self.calls += 1
         cot = state.cot
         return self.j(cot), {k: self.j(cot[:k] + cot[k + 1:]) for k in candidates}
@@ -319,7 +319,7 @@ class OwnTermScorer:
         return [self.own[t] + (self.bump if self.raised_by.get(t, t) not in cot else 0.0)
                 for t in cot]
 
-    def candidate_objectives(self, state, candidates, best_of=None):
+    def candidate_objectives(self, state, candidates, best_of=None, screen=0):
         cot = state.cot
         return sum(self.terms(cot)), {k: sum(self.terms(cot[:k] + cot[k + 1:]))
                                       for k in candidates}

@@ -142,17 +142,16 @@ class ChainSession:
         if chain is None:  # S first, on the prompt: every candidate's prefix is S's
             chain = self._run_chain(state, budget)
         p, length = len(state.prompt), len(state.ids) - 1
+        # rows stop at their first checkpoint, or with `screen` that many targets after their start
         stops = self._stops(state) if best_of else []
-        if screen:  # every row stops `screen` targets after where it starts
-            kept_stops = [p + d - 1 + screen]
-            ends = {k: min(p + k + screen, length) for k in rest}
-        else:  # rows stop at their first checkpoint
-            kept_stops = stops
-            ends = {k: next((t for t in stops if t > p + k), length) for k in rest}
+        rows.update(self._continue_kept(state, kept, d, [k for k in candidates if k in kept],
+                                        [p + d - 1 + screen] if screen else stops, budget))
         if budget.left <= 0:  # a cut row holds its KV until it goes on: cut none
             ends = dict.fromkeys(rest, length)
-        rows.update(self._continue_kept(state, kept, d, [k for k in candidates if k in kept],
-                                        kept_stops, budget))
+        elif screen:
+            ends = {k: min(p + k + screen, length) for k in rest}
+        else:
+            ends = {k: next((t for t in stops if t > p + k), length) for k in rest}
         for packed in self._packs(state, chain, rest, ends, budget):
             rows.update(packed)
         objective = partial(self._objective, state)
