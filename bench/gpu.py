@@ -74,6 +74,23 @@ def timed(fn, repeats: int, device) -> float:
     return best
 
 
+def measured(part: str, args, device, dtype, counts: dict, tokens: int, seconds: float,
+             flop: float) -> dict:
+    """One result row, printed as a JSON line: tokens per second, TFLOP/s, share of peak and
+    (on a GPU) peak memory, which it resets for the next part."""
+    import torch
+
+    row = {"part": part, "config": args.config, "device": str(device), "dtype": str(dtype),
+           **counts, "seconds": round(seconds, 4), "tokens_per_s": round(tokens / seconds, 1),
+           "tflops": round(flop / seconds / 1e12, 3),
+           "mfu": round(flop / seconds / (args.peak_tflops * 1e12), 4)}
+    if device.type == "cuda":
+        row["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        torch.cuda.reset_peak_memory_stats(device)
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def batch(rows: int, length: int, vocab: int, device):
     import torch
 
@@ -109,19 +126,11 @@ def run(args) -> list[dict]:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     tokens, vocab = args.rows * args.length, CONFIGS[args.config]["vocab_size"]
-    peak = args.peak_tflops * 1e12
     results = []
 
     def report(part, seconds, model, passes):
-        f = flops(model, tokens, args.length, passes)
-        row = {"part": part, "config": args.config, "device": str(device), "dtype": str(dtype),
-               "tokens": tokens, "seconds": round(seconds, 4),
-               "tokens_per_s": round(tokens / seconds, 1),
-               "tflops": round(f / seconds / 1e12, 3), "mfu": round(f / seconds / peak, 4)}
-        if device.type == "cuda":
-            row["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-            torch.cuda.reset_peak_memory_stats(device)
-        print(json.dumps(row), flush=True)
+        row = measured(part, args, device, dtype, {"tokens": tokens}, tokens, seconds,
+                       flops(model, tokens, args.length, passes))
         results.append(row)
 
     mb = batch(args.rows, args.length, vocab, device)

@@ -21,11 +21,10 @@ first. Sized for a minute or two on one H100; the test suite runs `--config tiny
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 
-from gpu import CONFIGS, build_model, flops  # bench/gpu.py
+from gpu import CONFIGS, build_model, flops, measured  # bench/gpu.py
 
 
 def random_chains(count: int, prompt: int, cot: int, answer: int, vocab: int, seed: int = 0):
@@ -88,17 +87,9 @@ def run(args) -> list[dict]:
                                        ("greedy-fast", chains, FAST, False),
                                        ("greedy-fast-lockstep", chains, FAST, True)]:
         counts, seconds = prune_chains(model, todo, opts, lockstep)
-        f = flops(model, counts["tokens_run"], length, 1)
-        row = {"part": part, "config": args.config, "device": str(device), "dtype": str(dtype),
-               "chains": len(todo), **counts, "seconds": round(seconds, 3),
-               "tokens_per_s": round(counts["tokens_run"] / seconds, 1),
-               "tflops": round(f / seconds / 1e12, 3),
-               "mfu": round(f / seconds / (args.peak_tflops * 1e12), 4)}
-        if device.type == "cuda":
-            row["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-            torch.cuda.reset_peak_memory_stats(device)
-        print(json.dumps(row), flush=True)
-        results.append(row)
+        tokens = counts["tokens_run"]
+        results.append(measured(part, args, device, dtype, {"chains": len(todo), **counts},
+                                tokens, seconds, flops(model, tokens, length, 1)))
     return results
 
 

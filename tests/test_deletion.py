@@ -185,20 +185,30 @@ def test_window_estimates_are_each_candidates_window_plus_the_chains_tail(tiny):
     assert scorer.window_estimates(state, 10**6)[1] == pytest.approx(exact, abs=1e-4)
 
 
-def test_first_window_wider_than_the_chain_is_plain_lazy_greedy(tiny):
+@pytest.mark.parametrize("window", ["first_window", "screen"])
+def test_a_window_wider_than_the_chain_is_plain_lazy_greedy(tiny, window):
+    """--first-window and --screen W estimate candidates from W targets: wider than the chain,
+    they change nothing; narrow, they run fewer tokens, and every J of the trace is still the
+    exact J of the chain after that deletion, not an estimate."""
     model, tok = tiny
     state = _state(tok, COTS[1])
     deletions = len(state.cot) // 2
 
-    def run(opts):
+    def run(w):
         scorer = DeletionScorer(model, "reason-answer", 4096)
-        traj = greedy_prune(scorer, state.prompt, state.cot, state.answer, deletions, opts=opts)
+        traj = greedy_prune(scorer, state.prompt, state.cot, state.answer, deletions,
+                            opts=GreedyOptions(shortlist=4, **{window: w}))
         return traj, scorer.work.tokens_run
 
-    (plain, _), (wide, _) = [run(GreedyOptions(shortlist=2, first_window=w)) for w in (0, 10**6)]
+    (plain, plain_ran), (wide, _), (narrow, ran) = [run(w) for w in (0, 10**6, 2)]
     assert wide.order == plain.order and wide.trace == pytest.approx(plain.trace, abs=1e-4)
-    narrow, ran = run(GreedyOptions(shortlist=2, first_window=2))
-    assert len(set(narrow.order)) == deletions and ran < run(GreedyOptions(shortlist=2))[1]
+    assert len(set(narrow.order)) == deletions and ran < plain_ran
+    for step, j in enumerate(narrow.trace):
+        gone = set(narrow.order[:step + 1])
+        chain = ChainState(state.prompt, [t for i, t in enumerate(state.cot) if i not in gone],
+                           state.answer)
+        assert j == pytest.approx(sum(per_target_nll(model, chain.ids)[len(state.prompt):]),
+                                  abs=1e-4)
 
 
 def test_deleting_a_token_of_a_run_takes_the_runs_row_as_the_next_chain(tiny):
@@ -476,27 +486,3 @@ def test_screen_gives_exact_j_to_the_finished_rows_and_window_estimates_to_the_r
     best = min(js, key=js.get)
     assert js[best] == pytest.approx(exact[best], abs=1e-4)
     assert all(js[k] >= js[best] for k in estimated)
-
-
-def test_screen_wider_than_the_chain_is_plain_lazy_greedy_and_narrow_runs_fewer_tokens(tiny):
-    model, tok = tiny
-    state = _state(tok, COTS[1])
-    deletions = len(state.cot) // 2
-
-    def run(opts):
-        scorer = DeletionScorer(model, "reason-answer", 4096)
-        traj = greedy_prune(scorer, state.prompt, state.cot, state.answer, deletions, opts=opts)
-        return traj, scorer.work.tokens_run
-
-    (plain, plain_ran), (wide, _) = [run(GreedyOptions(shortlist=4, screen=w))
-                                     for w in (0, 10**6)]
-    assert wide.order == plain.order and wide.trace == pytest.approx(plain.trace, abs=1e-4)
-    narrow, ran = run(GreedyOptions(shortlist=4, screen=2))
-    assert len(set(narrow.order)) == deletions and ran < plain_ran
-    # every trace entry is the exact J of the chain after that deletion, not an estimate
-    for step, j in enumerate(narrow.trace):
-        gone = set(narrow.order[:step + 1])
-        chain = ChainState(state.prompt, [t for i, t in enumerate(state.cot) if i not in gone],
-                           state.answer)
-        assert j == pytest.approx(sum(per_target_nll(model, chain.ids)[len(state.prompt):]),
-                                  abs=1e-4)
