@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import random
 import statistics
 import sys
@@ -102,6 +103,16 @@ def suffix_floor(prompt: int, cot: list[int], answer: int, order: list[int]) -> 
         last = current.index(gone)
         current.pop(last)
     return tokens
+
+
+def cpu_name() -> str:
+    """The CPU's model name: CPU seconds compare only between records of one machine."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def read_records(path: Path) -> list[dict]:
@@ -224,7 +235,7 @@ def main() -> None:
             rec = prune_chain(model, j_model, tok.pad_token_id, lay, args.keep,
                               mode_options(mode))
             rec = {"chain": index, "mode": mode, "dtype": args.dtype, "keep": args.keep, **rec,
-                   "load_average": os.getloadavg()[0]}
+                   "load_average": os.getloadavg()[0], "cpu": cpu_name()}
             with args.out.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
             print(f"chain {index} ({rec['cot_tokens']} CoT tokens) {mode}: "
