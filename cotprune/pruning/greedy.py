@@ -79,14 +79,14 @@ class GreedyOptions:
 
 
 # `prune --fast`: the approximate mode recommended by bench/greedy_set.py (BENCHMARKS.md,
-# "prune", session 14). On the 13 GSM8K chains (64-212 CoT tokens) that exact greedy finished,
-# lazy greedy with a shortlist of 4, the self term and a first window of 16 targets ran 80.9x
-# fewer decoder tokens than the published algorithm (exact: 5.2x) with a summed J 3.3% above
-# exact greedy's (95% bootstrap interval over chains -1.7% to +7.5%); the shortlist of 4 alone
-# (the preset before) ran 56.9x at +9.4% (-2.0% to +19.5%). The choice was made on that set; on
-# held-out chains see BENCHMARKS.md. J depends on greedy's path (per chain the gap runs from
-# about -30% to +50%), so check a mode against exact on a few of your own chains.
-FAST = GreedyOptions(shortlist=4, self_term=True, first_window=16)
+# "prune", session 15), chosen by a rule fixed in advance: the most tokens saved with a summed J
+# within +1% of exact greedy's over the 16 GSM8K chains (64-242 CoT tokens). Lazy greedy with a
+# shortlist of 4, the self term, a first window of 16 targets and a screen of 16 ran 177x fewer
+# decoder tokens than the published algorithm (exact: 5.0x) at a summed J 1.0% *below* exact
+# greedy's (95% bootstrap interval over chains -5.7% to +4.6%); on 8 held-out chains (61-155
+# CoT tokens) 105x at -4.3% (-14.2% to +6.7%). J depends on greedy's path (per chain the gap
+# ran from -29% to +26%), so check a mode against exact on a few of your own chains.
+FAST = GreedyOptions(shortlist=4, self_term=True, first_window=16, screen=16)
 
 
 def greedy_options(per_step: int = 1, shortlist: int | None = None, refresh_every: int = 0,
