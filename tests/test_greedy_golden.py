@@ -64,6 +64,13 @@ GOLDEN = {  # computed with the engine of commit c655ac4 (before the reshape)
                   235.266809, 224.08631, 213.16239, 202.248591, 191.437038, 179.509912],
         "counts": {"tokens_run": 885, "forwards": 20, "projection_rows": 895, "bound_rows": 0},
     },
+    "shortlist-4-screen": {  # added with --screen (the --fast of session 15): exact's choices
+        "order": [1, 17, 13, 2, 11, 18, 0, 3, 15, 21, 7],
+        "kept": [4, 5, 6, 8, 9, 10, 12, 14, 16, 19, 20],
+        "trace": [291.335693, 279.96387, 268.661408, 257.418153, 246.233007,
+                  235.230543, 224.31886, 213.284659, 202.248593, 191.207435, 180.22568],
+        "counts": {"tokens_run": 1001, "forwards": 22, "projection_rows": 1011, "bound_rows": 352},
+    },
     "shortlist-2-self-term": {  # added with --self-term: exact's first 9 deletions
         "order": [1, 17, 13, 2, 11, 18, 0, 3, 15, 7, 6],
         "kept": [4, 5, 8, 9, 10, 12, 14, 16, 19, 20, 21],
@@ -90,6 +97,9 @@ CASES = {
     "shortlist-2": dict(objective="reason-answer", batch_tokens=4096, opts={"shortlist": 2}),
     "shortlist-2-self-term": dict(objective="reason-answer", batch_tokens=4096,
                                   opts={"shortlist": 2, "self_term": True}),
+    "shortlist-4-screen": dict(objective="reason-answer", batch_tokens=4096,
+                               opts={"shortlist": 4, "self_term": True, "first_window": 16,
+                                     "screen": 16}),
     "per-step-2": dict(objective="reason-answer", batch_tokens=4096, opts={"per_step": 2}),
     "prior-shortlist-2": dict(objective="reason-answer", batch_tokens=4096,
                               opts={"shortlist": 2}, prior=later_first),
