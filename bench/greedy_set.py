@@ -3,8 +3,7 @@ the published algorithm, summed J against exact greedy.
 
 The set: --chains GSM8K train chains, the first one (in file order, from --offset on: the
 chains before it are left for fitting a predictor) in each of --chains equal-width CoT-length
-bins over [--min-cot, --max-cot] tokens of the default model's tokenizer, run shortest first
-(`--longest-first`: from the other end, so that two processes can share one --out).
+bins over [--min-cot, --max-cot] tokens of the default model's tokenizer, run shortest first.
 Each chain is pruned to --keep by every mode with the pruner in --dtype, and its final J
 recomputed in float32. One JSON line per (chain, mode) goes to --out as it finishes, so the run
 resumes where it stopped (run it again), and a run cut short still compares every mode on the
@@ -14,7 +13,9 @@ chains they all finished:
         --dtype bfloat16 --modes exact,per-step=2,shortlist=4,shortlist=4+refresh-every=8
 
 A mode is `exact` or '+'-joined `prune` options (per-step, shortlist, refresh-every); `fast` is
-`prune --fast`. `--report` prints the table of what --out holds without running anything.
+`prune --fast`. `--report` prints the table of what --out holds without running anything;
+`--floor` compares exact mode's tokens with `suffix_floor`, the least any exact greedy of this
+kind can run.
 """
 
 from __future__ import annotations
@@ -203,8 +204,6 @@ def main() -> None:
     ap.add_argument("--keep", type=float, default=0.5)
     ap.add_argument("--dtype", default="float32", help="the pruner's; J is always float32")
     ap.add_argument("--modes", default="exact,per-step=2,shortlist=4")
-    ap.add_argument("--longest-first", action="store_true",
-                    help="run the set's chains longest first (a second process from the other end)")
     ap.add_argument("--report", action="store_true", help="only print the table of --out")
     ap.add_argument("--floor", action="store_true",
                     help="only print exact mode's tokens against `suffix_floor` per chain")
@@ -226,11 +225,11 @@ def main() -> None:
     model, tok = load_model(ModelOptions(device="cpu", dtype=args.dtype))
     j_model = model if args.dtype == "float32" else load_model(ModelOptions(device="cpu"))[0]
     chains = spread_set(ChainLayout(tok), args.chains, args.min_cot, args.max_cot, args.offset)
+    done = {(r["chain"], r["mode"]) for r in read_records(args.out)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    for index, lay in reversed(chains) if args.longest_first else chains:
+    for index, lay in chains:
         for mode in modes:
-            # read again before each: another process may be working from the other end
-            if (index, mode) in {(r["chain"], r["mode"]) for r in read_records(args.out)}:
+            if (index, mode) in done:
                 continue
             rec = prune_chain(model, j_model, tok.pad_token_id, lay, args.keep,
                               mode_options(mode))

@@ -104,3 +104,16 @@ def test_exact_greedy_runs_its_suffix_floor_without_cuts(bench, tiny_gpt2_model)
     order = greedy_prune(scorer, state.prompt, state.cot, state.answer, n // 2).order
     floor = bench.suffix_floor(len(state.prompt), state.cot, len(state.answer), order)
     assert floor <= scorer.counts()["tokens_run"] <= 1.05 * floor
+
+
+def test_floor_table_sums_published_floor_and_exact_tokens(bench):
+    from types import SimpleNamespace
+
+    lay = SimpleNamespace(cot_start=4, cot_ids=[1, 2, 3], input_ids=[0] * 9, answer_start=7)
+    records = [{"chain": 5, "mode": "exact", "cot_tokens": 3, "published_tokens": 68,
+                "tokens_run": 16, "order": [1]},
+               {"chain": 5, "mode": "shortlist=4", "cot_tokens": 3, "published_tokens": 68,
+                "tokens_run": 9, "order": [1]}]  # only exact is compared with the floor
+    text = bench.floor_table(records, {5: lay})
+    assert "| 5 | 3 | 68 | 17 | 16 | 0.94 | 4.0x | 4.2x |" in text  # floor: 8 + 9
+    assert text.endswith("| all | | 68 | 17 | 16 | 0.94 | 4.0x | 4.2x |")
