@@ -83,8 +83,8 @@ class GreedyOptions:
 # within +1% of exact greedy's over the 16 GSM8K chains (64-242 CoT tokens). Lazy greedy with a
 # shortlist of 4, the self term, a first window of 16 targets and a screen of 16 ran 177x fewer
 # decoder tokens than the published algorithm (exact: 5.0x) at a summed J 1.0% *below* exact
-# greedy's (95% bootstrap interval over chains -5.7% to +4.6%); on 9 held-out chains (61-162
-# CoT tokens) 112x at -1.8% (-11.8% to +8.9%). J depends on greedy's path (per chain the gap
+# greedy's (95% bootstrap interval over chains -5.7% to +4.6%); on 10 held-out chains (61-168
+# CoT tokens) 118x at -3.7% (-12.8% to +6.6%). J depends on greedy's path (per chain the gap
 # ran from -29% to +26%), so check a mode against exact on a few of your own chains.
 FAST = GreedyOptions(shortlist=4, self_term=True, first_window=16, screen=16)
 
