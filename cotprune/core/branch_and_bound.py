@@ -40,6 +40,12 @@ Resolve = Callable[[list[ScoredRow]], None]  # make the rows' bounded targets ex
 Objective = Callable[[ScoredRow], float]  # J of a row, or a lower bound on it
 
 
+def tail_sums(chain_nll: torch.Tensor) -> torch.Tensor:
+    """t -> the undeleted chain's NLL from target t on: what a cut row is likely to pay for the
+    targets it has not run (its target t is the chain's t + 1)."""
+    return chain_nll.flip(0).cumsum(0).flip(0)
+
+
 def checkpoint_stops(length: int, first: int, checkpoints: Sequence[int]) -> list[int]:
     """Targets at which rows of `length` tokens stop to check their bound, ascending: those
     after J's first target `first` (before it, every bound is 0)."""
@@ -99,7 +105,7 @@ def finish_rows(rows: Rows, candidates: list[int], best_of: int, stops: list[int
     checkpoint in turn sends its surviving rows to the next one. Rows that cannot win keep
     their bound."""
     bound_of = {k: objective(rows[k]) for k in candidates}
-    rest = chain_nll.flip(0).cumsum(0).flip(0)  # rest[t]: the chain's NLL from target t on
+    rest = tail_sums(chain_nll)
 
     def likely(k: int) -> float:
         return bound_of[k] + float(rest[rows[k].scored_to + 1])
@@ -132,7 +138,7 @@ def finish_likeliest(rows: Rows, candidates: list[int], chain_nll: torch.Tensor,
     past its deletion, exactly. A row's estimate is its NLL so far plus what the undeleted chain
     pays for the targets still to run. The likeliest row runs to its end, then the next, until
     the best finished J is no more than every unfinished row's estimate; those keep it."""
-    rest = chain_nll.flip(0).cumsum(0).flip(0)  # rest[t]: the chain's NLL from target t on
+    rest = tail_sums(chain_nll)
 
     def value(k: int) -> float:
         row = rows[k]

@@ -51,6 +51,7 @@ from cotprune.core.branch_and_bound import (
     checkpoint_stops,
     finish_likeliest,
     finish_rows,
+    tail_sums,
 )
 from cotprune.core.packing import lanes
 from cotprune.core.rows import (
@@ -267,7 +268,7 @@ class ChainSession:
         chain = self._known(state)[0] or self._run_chain(state, KvBudget(KEEP_KV_BYTES))
         p, length = len(state.prompt), len(state.ids) - 1
         ends = {k: min(p + k + window, length) for k in candidates}
-        tail = chain.nll.flip(0).cumsum(0).flip(0).tolist() + [0.0]  # tail[t]: NLL from t on
+        tail = tail_sums(chain.nll).tolist() + [0.0]
         estimates = {}
         for rows in self._packs(state, chain, candidates, ends, KvBudget(0, keep_cut=False)):
             self.runner.resolve(list(rows.values()))
